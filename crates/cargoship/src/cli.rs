@@ -1,0 +1,172 @@
+//! Command-line interface definition (clap derive).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str =
+    "Move directories and objects into S3 and back: fast on any network, within a memory budget, verified end to end.";
+
+const AFTER_HELP: &str = "\
+Where data goes:
+  --endpoint-url, AWS_ENDPOINT_URL or AWS credentials (env, ~/.aws, AWS_PROFILE) select a real
+  S3 or S3-compatible store. With none of them, cargoship runs against an embedded local store
+  (under ~/.local/share/cargoship/s3, or CARGOSHIP_EMBEDDED_ROOT) and says so on stderr.
+
+Exit codes:
+  0 success   1 other failure   2 bad usage or malformed argument   3 bucket or key not found
+  4 access denied / bad credentials   5 endpoint unreachable   6 local file unreadable or
+  destination not writable   7 integrity check failed (data did not match its checksum)
+
+Examples:
+  cargoship put data.bin s3://my-bucket/data/data.bin
+  cargoship get s3://my-bucket/data/data.bin ./copy.bin
+  cargoship get s3://my-bucket/data/data.bin head.bin --range 0:4096
+  cargoship ls s3://my-bucket/data/
+  cargoship serve --root /srv/s3 --addr 127.0.0.1:9000";
+
+#[derive(Debug, Parser)]
+#[command(name = "cargoship", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// S3 endpoint URL (as in the AWS CLI); path-style addressing is used with it.
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region (default: from the environment/profile, else us-east-1).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Named profile from ~/.aws/config.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, global = true, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+    /// Part size for multipart uploads and ranged downloads (e.g. 8MiB, 64M).
+    #[arg(long, global = true, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub part_size: u64,
+    /// Most object data held in memory at once (e.g. 256MiB, 1G).
+    #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub memory_budget: u64,
+    /// Print a machine-readable JSON summary on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// More logging on stderr (-v info, -vv debug); RUST_LOG also works.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload a file (or - for stdin) to s3://bucket/key.
+    Put(PutArgs),
+    /// Download s3://bucket/key to a file (or - for stdout), verified against S3's checksum.
+    Get(GetArgs),
+    /// List objects and prefixes under s3://bucket/prefix.
+    Ls(LsArgs),
+    /// Run an S3-compatible endpoint on a local directory.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Local file to upload, or - for standard input.
+    pub source: String,
+    /// Destination s3://bucket/key (a key ending in / gets the file's name appended).
+    pub destination: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Object to download, s3://bucket/key.
+    pub source: String,
+    /// Local file (or directory) to write, or - for standard output.
+    pub destination: String,
+    /// Only this byte range, as OFFSET:LEN (LEN 0 = to the end).
+    #[arg(long, value_name = "OFFSET:LEN", value_parser = parse_range)]
+    pub range: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// s3://bucket or s3://bucket/prefix.
+    pub target: String,
+    /// List every key under the prefix instead of one level.
+    #[arg(long, short)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory holding the buckets (one sub-directory per bucket); created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "IP:PORT")]
+    pub addr: SocketAddr,
+    /// Access key clients sign with.
+    #[arg(long, env = "CARGOSHIP_SERVE_ACCESS_KEY", default_value = "cargoship")]
+    pub access_key: String,
+    /// Secret key clients sign with.
+    #[arg(long, env = "CARGOSHIP_SERVE_SECRET_KEY", default_value = "cargoship-secret", hide_default_value = true)]
+    pub secret_key: String,
+    /// Buckets to create at start if missing.
+    #[arg(long = "bucket", value_name = "NAME")]
+    pub buckets: Vec<String>,
+}
+
+/// Parses sizes like `8MiB`, `64M`, `1G`, `4096` (K/M/G/T are binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (try 8MiB, 64M, 1G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}' in '{s}' (use K, M, G, T)")),
+    };
+    Ok((value * mult as f64) as u64)
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (o, l) = s.split_once(':').ok_or_else(|| format!("range '{s}' must be OFFSET:LEN"))?;
+    let offset = o.trim().parse().map_err(|_| format!("range offset '{o}' is not a number"))?;
+    let len = l.trim().parse().map_err(|_| format!("range length '{l}' is not a number"))?;
+    Ok((offset, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
+    }
+
+    #[test]
+    fn ranges_parse_as_offset_colon_len() {
+        assert_eq!(parse_range("10:0").unwrap(), (10, 0));
+        assert!(parse_range("10").is_err());
+        assert!(parse_range("a:1").is_err());
+    }
+}

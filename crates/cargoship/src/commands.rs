@@ -1,0 +1,273 @@
+//! The commands: put, get, ls, serve.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use s3opt::{MetricsSnapshot, OptimizedS3Client, PutOptions};
+use serde::Serialize;
+use testbed::{EmbeddedServer, ServerConfig};
+
+use crate::cli::{GetArgs, GlobalOpts, LsArgs, PutArgs, ServeArgs};
+use crate::exit::LocalFileError;
+use crate::progress::{Direction, Progress, human};
+use crate::s3url::S3Url;
+use crate::setup;
+
+/// The machine-readable summary of a transfer (`--json`).
+#[derive(Serialize)]
+struct Summary {
+    command: &'static str,
+    source: String,
+    destination: String,
+    bytes: u64,
+    seconds: f64,
+    mb_per_s: f64,
+    requests: u64,
+    retries: u64,
+    errors: std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified_with: Option<&'static str>,
+    metrics: MetricsSnapshot,
+}
+
+impl Summary {
+    fn new(
+        command: &'static str,
+        source: String,
+        destination: String,
+        bytes: u64,
+        started: Instant,
+        client: &OptimizedS3Client,
+    ) -> Self {
+        let seconds = started.elapsed().as_secs_f64();
+        let metrics = client.metrics();
+        Self {
+            command,
+            source,
+            destination,
+            bytes,
+            seconds,
+            mb_per_s: if seconds > 0.0 { bytes as f64 / seconds / 1e6 } else { 0.0 },
+            requests: metrics.requests,
+            retries: metrics.retries,
+            errors: metrics.errors.clone(),
+            verified_with: None,
+            metrics,
+        }
+    }
+
+    fn print(&self, g: &GlobalOpts, to_stderr: bool) {
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(self).expect("summary serializes"));
+            return;
+        }
+        let verb = if self.command == "put" { "uploaded" } else { "downloaded" };
+        let mut line = format!(
+            "{verb} {} to {}: {} in {:.2} s ({:.1} MB/s), {} requests, {} retries",
+            self.source,
+            self.destination,
+            human(self.bytes),
+            self.seconds,
+            self.mb_per_s,
+            self.requests,
+            self.retries
+        );
+        if let Some(alg) = self.verified_with {
+            line.push_str(&format!(", verified ({alg})"));
+        }
+        if to_stderr || g.quiet {
+            if !g.quiet {
+                eprintln!("{line}");
+            }
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
+    let mut dest = S3Url::parse(&args.destination)?;
+    let from_stdin = args.source == "-";
+    let source_path = PathBuf::from(&args.source);
+    if dest.key.is_empty() || dest.key.ends_with('/') {
+        if from_stdin {
+            bail!(crate::s3url::BadUrl {
+                url: args.destination.clone(),
+                reason: "a key is needed when uploading stdin"
+            });
+        }
+        let name = source_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        dest.key.push_str(&name);
+    }
+    let (reader, len): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
+        (Box::new(tokio::io::stdin()), None)
+    } else {
+        let meta = std::fs::metadata(&source_path).map_err(|e| LocalFileError::read(&source_path, e))?;
+        if meta.is_dir() {
+            return Err(LocalFileError::read(
+                &source_path,
+                std::io::Error::other("is a directory (put uploads one file)"),
+            )
+            .into());
+        }
+        let file = tokio::fs::File::open(&source_path).await.map_err(|e| LocalFileError::read(&source_path, e))?;
+        (Box::new(file), Some(meta.len()))
+    };
+    let session = setup::connect(g).await?;
+    session.ensure_embedded_bucket(&dest.bucket)?;
+    let client = &session.client;
+    let started = Instant::now();
+    let progress = Progress::start(client, Direction::Up, "put", len, g.quiet);
+    let opts = PutOptions { content_length: len, ..Default::default() };
+    let result = tokio::select! {
+        r = client.put_object(&dest.bucket, &dest.key, reader, opts) => r,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish();
+            client.finish_cleanup().await;
+            bail!("interrupted; the partial upload was aborted");
+        }
+    };
+    progress.finish();
+    let result = result?;
+    let summary = Summary::new("put", args.source.clone(), dest.to_string(), result.bytes, started, client);
+    summary.print(g, false);
+    Ok(())
+}
+
+pub async fn get(g: &GlobalOpts, args: &GetArgs) -> anyhow::Result<()> {
+    let src = S3Url::parse_object(&args.source)?;
+    let to_stdout = args.destination == "-";
+    let mut dest = PathBuf::from(&args.destination);
+    if !to_stdout && dest.is_dir() {
+        dest.push(src.key.rsplit('/').next().unwrap_or("download"));
+    }
+    if !to_stdout {
+        check_writable_parent(&dest)?;
+    }
+    let session = setup::connect(g).await?;
+    let client = &session.client;
+    let started = Instant::now();
+    let progress = Progress::start(client, Direction::Down, "get", None, g.quiet || to_stdout);
+    let outcome = async {
+        match args.range {
+            Some((offset, len)) => {
+                let data = client.get_range(&src.bucket, &src.key, offset, len).await?;
+                if to_stdout {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&data).context("cannot write to stdout")?;
+                } else {
+                    std::fs::write(&dest, &data).map_err(|e| LocalFileError::write(&dest, e))?;
+                }
+                anyhow::Ok((data.len() as u64, None))
+            }
+            None if to_stdout => {
+                let r = client.get_object(&src.bucket, &src.key, tokio::io::stdout()).await?;
+                Ok((r.bytes, r.verified_with))
+            }
+            None => {
+                let r = client.get_object_to_file(&src.bucket, &src.key, &dest).await?;
+                Ok((r.bytes, r.verified_with))
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = outcome => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; no partial file was kept"),
+    };
+    progress.finish();
+    let (bytes, verified_with) = result?;
+    let destination = if to_stdout { "-".to_owned() } else { dest.display().to_string() };
+    let mut summary = Summary::new("get", src.to_string(), destination, bytes, started, client);
+    summary.verified_with = verified_with;
+    summary.print(g, to_stdout);
+    Ok(())
+}
+
+fn check_writable_parent(dest: &Path) -> anyhow::Result<()> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(LocalFileError::write(
+            dest,
+            std::io::Error::other(format!("directory {} does not exist", parent.display())),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+pub async fn ls(g: &GlobalOpts, args: &LsArgs) -> anyhow::Result<()> {
+    let target = S3Url::parse(&args.target)?;
+    let session = setup::connect(g).await?;
+    let delimiter = (!args.recursive).then_some("/");
+    let listing = session.client.list(&target.bucket, &target.key, delimiter).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(());
+    }
+    for p in &listing.common_prefixes {
+        println!("{:>19} {:>12} PRE {p}", "", "");
+    }
+    for o in &listing.objects {
+        let when = o.last_modified.map(format_time).unwrap_or_default();
+        println!("{when:>19} {:>12} {}", o.size, o.key);
+    }
+    Ok(())
+}
+
+fn format_time(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.root)
+        .with_context(|| format!("cannot create root directory {}", args.root.display()))?;
+    for b in &args.buckets {
+        S3Url::parse(&format!("s3://{b}"))?;
+        std::fs::create_dir_all(args.root.join(b)).with_context(|| format!("cannot create bucket {b}"))?;
+    }
+    let cfg = ServerConfig {
+        root: args.root.clone(),
+        addr: args.addr,
+        access_key: args.access_key.clone(),
+        secret_key: args.secret_key.clone(),
+    };
+    let server = EmbeddedServer::start(cfg).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+    if !args.addr.ip().is_loopback() {
+        eprintln!("warning: listening on {}, reachable from other hosts", args.addr);
+    }
+    eprintln!(
+        "serving {} at {} (access key '{}'); Ctrl-C to stop",
+        args.root.display(),
+        server.endpoint_url(),
+        args.access_key
+    );
+    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    eprintln!("stopping");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_dates() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(super::format_time(t), "2026-11-18 11:06:40");
+    }
+}

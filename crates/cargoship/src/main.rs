@@ -1,0 +1,39 @@
+//! `cargoship`: the command-line tool. Thin: parsing, wiring and output; the work is in
+//! the `s3opt` library and the `testbed` crate.
+
+mod cli;
+mod commands;
+mod exit;
+mod progress;
+mod s3url;
+mod setup;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,s3opt=info,cargoship=info",
+        _ => "debug,aws_smithy_runtime=info,aws_config=info,hyper_util=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let result = match &cli.command {
+        Command::Put(a) => commands::put(&cli.global, a).await,
+        Command::Get(a) => commands::get(&cli.global, a).await,
+        Command::Ls(a) => commands::ls(&cli.global, a).await,
+        Command::Serve(a) => commands::serve(a).await,
+    };
+    if let Err(err) = result {
+        eprintln!("cargoship: error: {}", exit::one_line(&err));
+        std::process::exit(exit::code(&err));
+    }
+}

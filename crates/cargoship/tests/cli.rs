@@ -1,0 +1,183 @@
+//! The `cargoship` binary end to end: exit codes and one-line errors for bad input, the
+//! embedded default, and a put/get round trip with a JSON summary.
+
+use std::path::Path;
+use std::process::Output;
+
+use testbed::{EmbeddedServer, ServerConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cargoship");
+
+struct Env {
+    dir: tempfile::TempDir,
+    server: EmbeddedServer,
+}
+
+async fn start() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let server = EmbeddedServer::start(ServerConfig::ephemeral(dir.path().join("store"))).await.unwrap();
+    server.create_bucket("bucket").unwrap();
+    Env { dir, server }
+}
+
+/// Runs the binary with a clean AWS environment (no ~/.aws, no AWS_* variables).
+async fn run(home: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("CARGOSHIP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home).env_remove("XDG_DATA_HOME").envs(envs.iter().copied()).args(args);
+    cmd.output().await.unwrap()
+}
+
+async fn run_against(env: &Env, args: &[&str]) -> Output {
+    let url = env.server.endpoint_url();
+    let envs = [
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "cargoship"),
+        ("AWS_SECRET_ACCESS_KEY", "cargoship-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    run(env.dir.path(), &envs, args).await
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a failure with `code` and a single error line mentioning `needle`.
+fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    let lines: Vec<_> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_then_get_round_trips_with_a_json_summary() {
+    let env = start().await;
+    let src = env.dir.path().join("src.bin");
+    let bytes: Vec<u8> = (0..7_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &bytes).unwrap();
+    let o =
+        run_against(&env, &["--json", "--part-size", "5MiB", "put", src.to_str().unwrap(), "s3://bucket/dir/"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["bytes"], 7_000_000);
+    assert_eq!(j["destination"], "s3://bucket/dir/src.bin");
+    assert!(j["requests"].as_u64().unwrap() >= 3, "multipart: create, 2 parts, complete");
+    assert!(j["mb_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["retries"], 0);
+
+    let dest = env.dir.path().join("copy.bin");
+    let o = run_against(&env, &["--json", "get", "s3://bucket/dir/src.bin", dest.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["verified_with"], "CRC64NVME");
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    let part = env.dir.path().join("part.bin");
+    let o = run_against(&env, &["get", "s3://bucket/dir/src.bin", part.to_str().unwrap(), "--range", "100:50"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&part).unwrap(), &bytes[100..150]);
+
+    let o = run_against(&env, &["ls", "s3://bucket/"]).await;
+    assert!(String::from_utf8_lossy(&o.stdout).contains("PRE dir/"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = run_against(&env, &["ls", "--recursive", "s3://bucket/dir/"]).await;
+    assert!(String::from_utf8_lossy(&o.stdout).contains("7000000 dir/src.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_urls_exit_2_with_the_reason() {
+    let env = start().await;
+    let f = env.dir.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let o = run_against(&env, &["put", f.to_str().unwrap(), "bucket/key"]).await;
+    assert_fails(&o, 2, "must start with s3://");
+    let o = run_against(&env, &["get", "s3://bucket", "out"]).await;
+    assert_fails(&o, 2, "object key is missing");
+    let o = run_against(&env, &["ls", "s3://Not_A_Bucket/"]).await;
+    assert_fails(&o, 2, "bucket names");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bucket_or_key_exit_3() {
+    let env = start().await;
+    let out = env.dir.path().join("out");
+    let o = run_against(&env, &["get", "s3://bucket/missing", out.to_str().unwrap()]).await;
+    assert_fails(&o, 3, "s3://bucket/missing does not exist");
+    assert!(!out.exists());
+    let o = run_against(&env, &["get", "s3://nobucket/k", out.to_str().unwrap()]).await;
+    assert_fails(&o, 3, "bucket 'nobucket' does not exist");
+    let f = env.dir.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let o = run_against(&env, &["put", f.to_str().unwrap(), "s3://nobucket/k"]).await;
+    assert_fails(&o, 3, "bucket 'nobucket' does not exist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_exit_4() {
+    let env = start().await;
+    let url = env.server.endpoint_url();
+    let envs = [
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "cargoship"),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let o = run(env.dir.path(), &envs, &["ls", "s3://bucket/"]).await;
+    assert_fails(&o, 4, "access denied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_exits_5() {
+    let env = start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let envs = [("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b"), ("AWS_REGION", "us-east-1")];
+    let o = run(env.dir.path(), &envs, &["--endpoint-url", &url, "ls", "s3://bucket/"]).await;
+    assert_fails(&o, 5, &format!("cannot reach S3 endpoint {url}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_source_and_unwritable_destination_exit_6() {
+    let env = start().await;
+    let o = run_against(&env, &["put", "/definitely/not/here.bin", "s3://bucket/k"]).await;
+    assert_fails(&o, 6, "cannot read /definitely/not/here.bin");
+    let o = run_against(&env, &["put", env.dir.path().to_str().unwrap(), "s3://bucket/k"]).await;
+    assert_fails(&o, 6, "is a directory");
+
+    let f = env.dir.path().join("f");
+    std::fs::write(&f, b"hello").unwrap();
+    let o = run_against(&env, &["put", f.to_str().unwrap(), "s3://bucket/k"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_against(&env, &["get", "s3://bucket/k", "/no/such/dir/out"]).await;
+    assert_fails(&o, 6, "cannot write /no/such/dir/out");
+    // A path under a regular file cannot be created, even by root.
+    let under_file = f.join("out");
+    let o = run_against(&env, &["get", "s3://bucket/k", under_file.to_str().unwrap()]).await;
+    assert_fails(&o, 6, "cannot write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_endpoint_or_credentials_the_embedded_store_is_used_and_announced() {
+    let home = tempfile::tempdir().unwrap();
+    let store = home.path().join("store");
+    let f = home.path().join("hello.txt");
+    std::fs::write(&f, b"hello, embedded").unwrap();
+    let envs = [("CARGOSHIP_EMBEDDED_ROOT", store.to_str().unwrap())];
+    let o = run(home.path(), &envs, &["put", f.to_str().unwrap(), "s3://demo/hello.txt"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("embedded local store"), "{err}");
+    assert!(err.contains(store.to_str().unwrap()), "says where the data lives: {err}");
+    assert_eq!(std::fs::read(store.join("demo/hello.txt")).unwrap(), b"hello, embedded");
+    // An explicit endpoint wins over the embedded default.
+    let o = run(home.path(), &envs, &["--endpoint-url", "http://127.0.0.1:1", "ls", "s3://demo/"]).await;
+    assert!(!stderr(&o).contains("embedded local store"));
+    assert_ne!(o.status.code(), Some(0));
+}

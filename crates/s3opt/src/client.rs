@@ -1,0 +1,563 @@
+//! [`OptimizedS3Client`]: the one entry point. `put_object`, `get_object`, `get_range`,
+//! `head`, `list`, `delete` and `metrics`, on the official AWS SDK for Rust.
+//!
+//! Every request goes through [`Engine::run`]: it takes a slot of the live concurrency
+//! [`Window`], times the attempt, classifies how it ended, records a [`Sample`] (metrics
+//! now, controllers later), and retries retryable outcomes with full-jitter backoff. SDK
+//! retries are off so that every attempt is seen and counted here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Instant, SystemTime};
+
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::ChecksumMode;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::adaptive::window::Window;
+use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::error::{Error, Result};
+use crate::integrity::StoredChecksum;
+use crate::network::loss::{Outcome, classify_status};
+use crate::network::{Op, Sample};
+use crate::performance::buffer::BufferPool;
+use crate::performance::download::{self, GetResult};
+use crate::performance::metrics::{Metrics, MetricsSnapshot};
+use crate::performance::upload::{self, PutOptions, PutResult};
+
+/// The optimized client. Cheap to clone; clones share the window, pool and metrics.
+#[derive(Clone)]
+pub struct OptimizedS3Client {
+    pub(crate) engine: Arc<Engine>,
+}
+
+/// Shared state of a client: SDK handle, live parameters, pool, metrics.
+pub(crate) struct Engine {
+    pub(crate) s3: aws_sdk_s3::Client,
+    pub(crate) cfg: ClientConfig,
+    pub(crate) endpoint: String,
+    pub(crate) window: Window,
+    pub(crate) pool: BufferPool,
+    pub(crate) metrics: Metrics,
+    part_size: AtomicU64,
+    /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
+    pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A failed attempt: how it ended (for retry and controllers) and what to report.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) outcome: Outcome,
+    pub(crate) error: Error,
+}
+
+impl Failure {
+    pub(crate) fn new(outcome: Outcome, error: Error) -> Self {
+        Self { outcome, error }
+    }
+}
+
+/// What HEAD says about an object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub e_tag: Option<String>,
+    #[serde(skip)]
+    pub last_modified: Option<SystemTime>,
+    /// The full-object checksum S3 stored, if any (used to verify downloads).
+    #[serde(skip)]
+    pub checksum: Option<StoredChecksum>,
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+/// One object in a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    #[serde(skip)]
+    pub last_modified: Option<SystemTime>,
+}
+
+/// A listing: objects and, with a delimiter, the common prefixes ("directories").
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listing {
+    pub objects: Vec<ListEntry>,
+    pub common_prefixes: Vec<String>,
+    /// Pages fetched.
+    pub pages: u32,
+}
+
+/// An open multipart upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultipartUploadInfo {
+    pub key: String,
+    pub upload_id: String,
+}
+
+impl OptimizedS3Client {
+    /// Builds a client: the SDK's standard configuration chain (environment, profile,
+    /// credentials) overridden by whatever `cfg` sets.
+    pub async fn new(cfg: ClientConfig) -> Result<Self> {
+        cfg.validate()?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder().connect_timeout(cfg.connect_timeout).read_timeout(cfg.idle_timeout).build(),
+            );
+        if let Some(profile) = &cfg.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &cfg.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some((ak, sk)) = &cfg.credentials {
+            loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "cargoship"));
+        }
+        let shared = loader.load().await;
+        let endpoint_url = cfg.endpoint_url.clone().or_else(|| shared.endpoint_url().map(str::to_owned));
+        let region = shared.region().cloned().unwrap_or_else(|| Region::new("us-east-1"));
+        let path_style = cfg.force_path_style.unwrap_or(endpoint_url.is_some());
+        let s3_conf = aws_sdk_s3::config::Builder::from(&shared)
+            .region(region.clone())
+            .force_path_style(path_style)
+            // We compute and verify checksums ourselves (CRC64NVME per part and per object).
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        let endpoint = endpoint_url.unwrap_or_else(|| format!("AWS S3 ({region})"));
+        Ok(Self::from_sdk(aws_sdk_s3::Client::from_conf(s3_conf), cfg, endpoint))
+    }
+
+    /// Wraps an SDK client built elsewhere.
+    pub fn from_sdk(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String) -> Self {
+        let metrics = Metrics::new();
+        metrics.set_concurrency(cfg.concurrency);
+        metrics.set_part_size(cfg.part_size);
+        let engine = Engine {
+            s3,
+            window: Window::new(cfg.concurrency),
+            pool: BufferPool::new(cfg.memory_budget),
+            part_size: AtomicU64::new(cfg.part_size),
+            metrics,
+            endpoint,
+            cfg,
+            cleanup: std::sync::Mutex::new(Vec::new()),
+        };
+        Self { engine: Arc::new(engine) }
+    }
+
+    /// Where requests go (endpoint URL, or "AWS S3 (region)").
+    pub fn endpoint(&self) -> &str {
+        &self.engine.endpoint
+    }
+
+    /// The underlying SDK client, for calls this crate does not wrap.
+    pub fn sdk(&self) -> &aws_sdk_s3::Client {
+        &self.engine.s3
+    }
+
+    /// Changes how many requests may be in flight; takes effect for the next request.
+    pub fn set_concurrency(&self, n: usize) {
+        self.engine.window.set_limit(n);
+        self.engine.metrics.set_concurrency(n.max(1));
+    }
+
+    /// Current concurrency limit.
+    pub fn concurrency(&self) -> usize {
+        self.engine.window.limit()
+    }
+
+    /// Changes the part size used for the next part or range (clamped to S3's limits and
+    /// half the memory budget).
+    pub fn set_part_size(&self, n: u64) {
+        let n = self.engine.clamp_part_size(n);
+        self.engine.part_size.store(n, Relaxed);
+        self.engine.metrics.set_part_size(n);
+    }
+
+    /// Current part size.
+    pub fn part_size(&self) -> u64 {
+        self.engine.part_size()
+    }
+
+    /// Waits for the background aborts of uploads that were cancelled (their futures
+    /// dropped, e.g. on Ctrl-C), so no multipart upload is left behind. Call before exit.
+    pub async fn finish_cleanup(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *self.engine.cleanup.lock().expect("cleanup lock"));
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Live counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.engine.metrics.snapshot()
+    }
+
+    /// Bytes of object data held in memory right now (never above the memory budget).
+    pub fn memory_in_use(&self) -> u64 {
+        self.engine.pool.in_use()
+    }
+
+    /// Bytes sent so far, cheap to call often (progress bars).
+    pub fn bytes_sent(&self) -> u64 {
+        self.engine.metrics.bytes_sent()
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.engine.metrics.bytes_received()
+    }
+
+    /// Uploads everything `reader` yields to `bucket/key`: one PUT if it fits in one part,
+    /// else a multipart upload with parts read and sent concurrently within the memory
+    /// budget, completed in part order, aborted on failure.
+    pub async fn put_object<R>(&self, bucket: &str, key: &str, reader: R, opts: PutOptions) -> Result<PutResult>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        upload::put_object(&self.engine, bucket, key, reader, opts).await
+    }
+
+    /// Downloads `bucket/key` into `writer` by parallel ranged GETs written in order, and
+    /// verifies it against the checksum S3 stored. On a mismatch nothing more is written
+    /// and [`Error::Integrity`] is returned.
+    pub async fn get_object<W>(&self, bucket: &str, key: &str, writer: W) -> Result<GetResult>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        download::get_object(&self.engine, bucket, key, writer).await
+    }
+
+    /// Downloads to a file: written beside it under a temporary name and renamed into
+    /// place only once complete and verified, so a failed download leaves no partial file.
+    pub async fn get_object_to_file(&self, bucket: &str, key: &str, path: &std::path::Path) -> Result<GetResult> {
+        download::get_object_to_file(&self.engine, bucket, key, path).await
+    }
+
+    /// Reads `len` bytes at `offset` (`len` 0: to the end). A read up to one part costs
+    /// one ranged GET of exactly that size; longer reads are split into parallel GETs.
+    pub async fn get_range(&self, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        download::get_range(&self.engine, bucket, key, offset, len).await
+    }
+
+    /// HEAD: size, ETag, stored checksum, user metadata.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo> {
+        self.engine.head(bucket, key).await
+    }
+
+    /// Lists every object under `prefix` (all pages). With a delimiter (usually `/`), keys
+    /// below the next delimiter are folded into `common_prefixes`.
+    pub async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>) -> Result<Listing> {
+        let e = &self.engine;
+        let mut listing = Listing::default();
+        let mut token: Option<String> = None;
+        loop {
+            let token_ref = &token;
+            let page = e
+                .run(Op::List, 0, move || async move {
+                    e.s3.list_objects_v2()
+                        .bucket(bucket)
+                        .prefix(prefix)
+                        .set_delimiter(delimiter.map(str::to_owned))
+                        .set_continuation_token(token_ref.clone())
+                        .send()
+                        .await
+                        .map_err(|err| e.sdk_failure(err))
+                })
+                .await
+                .map_err(|err| err.with_object(bucket, prefix))?;
+            listing.pages += 1;
+            for obj in page.contents() {
+                listing.objects.push(ListEntry {
+                    key: obj.key().unwrap_or_default().to_owned(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    last_modified: obj.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+                });
+            }
+            for p in page.common_prefixes() {
+                listing.common_prefixes.extend(p.prefix().map(str::to_owned));
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Deletes an object (no error if it was already gone, as in S3).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        let e = &self.engine;
+        e.run(Op::Delete, 0, move || async move {
+            e.s3.delete_object().bucket(bucket).key(key).send().await.map_err(|err| e.sdk_failure(err))
+        })
+        .await
+        .map_err(|err| err.with_object(bucket, key))?;
+        Ok(())
+    }
+
+    /// Open multipart uploads under `prefix` (what an interrupted upload may leave).
+    pub async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<MultipartUploadInfo>> {
+        let e = &self.engine;
+        let out = e
+            .run(Op::List, 0, move || async move {
+                e.s3.list_multipart_uploads()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .send()
+                    .await
+                    .map_err(|err| e.sdk_failure(err))
+            })
+            .await
+            .map_err(|err| err.with_object(bucket, prefix))?;
+        Ok(out
+            .uploads()
+            .iter()
+            .map(|u| MultipartUploadInfo {
+                key: u.key().unwrap_or_default().to_owned(),
+                upload_id: u.upload_id().unwrap_or_default().to_owned(),
+            })
+            .collect())
+    }
+
+    /// Aborts an open multipart upload.
+    pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        self.engine.abort_multipart(bucket, key, upload_id).await
+    }
+}
+
+impl Engine {
+    pub(crate) fn part_size(&self) -> u64 {
+        self.part_size.load(Relaxed)
+    }
+
+    pub(crate) fn clamp_part_size(&self, n: u64) -> u64 {
+        n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).max(MIN_PART_SIZE))
+    }
+
+    /// Runs one request with retries. Data requests (`bytes > 0` or GET/PUT ops) take a
+    /// window slot per attempt; the slot is released while backing off.
+    pub(crate) async fn run<T, F, Fut>(&self, op: Op, bytes: u64, mut attempt_fn: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let windowed = matches!(op, Op::PutObject | Op::UploadPart | Op::GetObject);
+        let mut attempt: u32 = 0;
+        loop {
+            let permit = if windowed { Some(self.window.acquire().await) } else { None };
+            self.metrics.request_started();
+            let started = Instant::now();
+            let result = attempt_fn().await;
+            let finished = Instant::now();
+            self.metrics.request_finished();
+            drop(permit);
+            let outcome = match &result {
+                Ok(_) => Outcome::Ok,
+                Err(f) => f.outcome,
+            };
+            self.metrics.record(&Sample { op, bytes, started, finished, outcome, retransmit: attempt > 0 });
+            let failure = match result {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            attempt += 1;
+            let unreachable = matches!(failure.error, Error::Unreachable { .. });
+            let limit = if unreachable { self.cfg.retry.max_unreachable_attempts } else { self.cfg.retry.max_attempts };
+            if !failure.outcome.is_retryable() || attempt >= limit {
+                if !failure.outcome.is_retryable() || unreachable {
+                    return Err(failure.error);
+                }
+                return Err(Error::RetriesExhausted {
+                    op: op.name(),
+                    attempts: attempt,
+                    outcome: failure.outcome,
+                    detail: failure.error.to_string(),
+                });
+            }
+            tracing::debug!(op = op.name(), attempt, outcome = failure.outcome.name(), error = %failure.error, "retrying");
+            tokio::time::sleep(self.cfg.retry.backoff(attempt - 1, rand::random::<f64>())).await;
+        }
+    }
+
+    /// Maps an SDK error to an outcome and a typed error.
+    pub(crate) fn sdk_failure<E>(&self, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let detail = DisplayErrorContext(&err).to_string();
+        match &err {
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = se.err().code().map(str::to_owned);
+                let message = se.err().message().unwrap_or_default().to_owned();
+                let outcome = classify_status(status, code.as_deref());
+                let error = match (status, code.as_deref()) {
+                    (_, Some("NoSuchBucket")) => Error::NoSuchBucket { bucket: String::new() },
+                    (_, Some("NoSuchKey")) | (404, Some("NotFound") | None) => {
+                        Error::NoSuchKey { bucket: String::new(), key: String::new() }
+                    }
+                    (_, Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied")) | (403, _) => {
+                        let code = code.clone().unwrap_or_else(|| "Forbidden".into());
+                        Error::AccessDenied { endpoint: self.endpoint.clone(), detail: format!("{code}: {message}") }
+                    }
+                    (_, Some("BadDigest" | "XAmzContentChecksumMismatch" | "InvalidDigest")) => {
+                        Error::Integrity { bucket: String::new(), key: String::new(), detail: message.clone() }
+                    }
+                    _ => Error::Service {
+                        op: "request",
+                        status,
+                        code: code.clone().unwrap_or_else(|| "Unknown".into()),
+                        message: if message.is_empty() { detail.clone() } else { message.clone() },
+                    },
+                };
+                Failure::new(outcome, error)
+            }
+            SdkError::TimeoutError(_) => {
+                Failure::new(Outcome::Timeout, Error::Unreachable { endpoint: self.endpoint.clone(), detail })
+            }
+            SdkError::DispatchFailure(df) => {
+                if df.is_timeout() {
+                    return Failure::new(
+                        Outcome::Timeout,
+                        Error::Unreachable { endpoint: self.endpoint.clone(), detail },
+                    );
+                }
+                // Connect failures (refused, DNS, no route) mean the endpoint is unreachable;
+                // anything else is a connection that broke mid-request.
+                let lower = detail.to_ascii_lowercase();
+                if lower.contains("connect") || lower.contains("dns") || lower.contains("resolve") {
+                    Failure::new(Outcome::Reset, Error::Unreachable { endpoint: self.endpoint.clone(), detail })
+                } else {
+                    Failure::new(
+                        Outcome::Reset,
+                        Error::Service { op: "request", status: 0, code: "ConnectionReset".into(), message: detail },
+                    )
+                }
+            }
+            SdkError::ResponseError(_) => Failure::new(
+                Outcome::Reset,
+                Error::Service { op: "request", status: 0, code: "ResponseError".into(), message: detail },
+            ),
+            _ => Failure::new(Outcome::ClientError, Error::Config(detail)),
+        }
+    }
+
+    pub(crate) async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo> {
+        let out = self
+            .run(Op::HeadObject, 0, move || async move {
+                self.s3
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send()
+                    .await
+                    .map_err(|err| self.sdk_failure(err))
+            })
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            // HEAD has no body, so a 404 does not say whether the bucket or the key is missing.
+            Err(Error::NoSuchKey { .. }) => return Err(self.missing_bucket_or_key(bucket, key).await),
+            Err(other) => return Err(other.with_object(bucket, key)),
+        };
+        Ok(ObjectInfo {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            e_tag: out.e_tag().map(str::to_owned),
+            last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+            checksum: StoredChecksum::pick(out.checksum_crc64_nvme(), out.checksum_crc32_c(), out.checksum_crc32()),
+            metadata: out.metadata().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// After a bare 404, tells a missing bucket from a missing key.
+    pub(crate) async fn missing_bucket_or_key(&self, bucket: &str, key: &str) -> Error {
+        let res = self
+            .run(Op::HeadObject, 0, move || async move {
+                self.s3.head_bucket().bucket(bucket).send().await.map_err(|err| self.sdk_failure(err))
+            })
+            .await;
+        match res {
+            Err(Error::NoSuchKey { .. } | Error::NoSuchBucket { .. }) => Error::NoSuchBucket { bucket: bucket.into() },
+            _ => Error::NoSuchKey { bucket: bucket.into(), key: key.into() },
+        }
+    }
+
+    pub(crate) async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        self.run(Op::AbortMultipart, 0, move || async move {
+            self.s3
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await
+                .map_err(|err| self.sdk_failure(err))
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Reads a GET body into `buf` with an idle timeout on every chunk; a stall or a short
+/// body is a retryable failure.
+pub(crate) async fn read_body(
+    engine: &Engine,
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    expected: Option<u64>,
+) -> Result<BytesMut, Failure> {
+    let mut buf = BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+    loop {
+        match tokio::time::timeout(engine.cfg.idle_timeout, body.try_next()).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    Outcome::Timeout,
+                    Error::Service {
+                        op: "GetObject",
+                        status: 0,
+                        code: "Stalled".into(),
+                        message: "response body stalled".into(),
+                    },
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(Failure::new(
+                    Outcome::Reset,
+                    Error::Service {
+                        op: "GetObject",
+                        status: 0,
+                        code: "ConnectionReset".into(),
+                        message: e.to_string(),
+                    },
+                ));
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
+        }
+    }
+    if let Some(n) = expected
+        && buf.len() as u64 != n
+    {
+        return Err(Failure::new(
+            Outcome::Reset,
+            Error::Service {
+                op: "GetObject",
+                status: 0,
+                code: "ShortBody".into(),
+                message: format!("expected {n} bytes, got {}", buf.len()),
+            },
+        ));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,81 @@
+//! Client configuration: a plain struct with documented defaults. The CLI fills it from
+//! flags and AWS environment conventions; library users build it directly.
+
+use std::time::Duration;
+
+use crate::network::loss::RetryPolicy;
+
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's most parts in one upload.
+pub const MAX_PARTS: u32 = 10_000;
+
+/// How to build an [`OptimizedS3Client`](crate::OptimizedS3Client).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Custom endpoint (S3-compatible store). `None`: the SDK's resolution, which honours
+    /// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` and the profile.
+    pub endpoint_url: Option<String>,
+    /// Region; `None`: from the environment/profile, else `us-east-1`.
+    pub region: Option<String>,
+    /// Named profile from `~/.aws/config`; `None`: `AWS_PROFILE` or `default`.
+    pub profile: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); needed by most S3-compatible stores.
+    /// `None`: on when an endpoint is set, off for AWS.
+    pub force_path_style: Option<bool>,
+    /// Static credentials (access key, secret); `None`: the standard AWS credential chain.
+    pub credentials: Option<(String, String)>,
+    /// Requests in flight at once. Default 16. Can be changed while transfers run.
+    pub concurrency: usize,
+    /// Part size for multipart uploads and ranged downloads. Default 8 MiB.
+    pub part_size: u64,
+    /// Most bytes of object data held in memory by all transfers together. Default 256 MiB.
+    pub memory_budget: u64,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Longest wait for a TCP connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for a response or inside a response body before the
+    /// request is abandoned as stalled and retried. Default 30 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: None,
+            profile: None,
+            force_path_style: None,
+            credentials: None,
+            concurrency: 16,
+            part_size: 8 * 1024 * 1024,
+            memory_budget: 256 * 1024 * 1024,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks the settings against S3's limits and each other.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        use crate::Error::Config;
+        if self.concurrency == 0 {
+            return Err(Config("concurrency must be at least 1".into()));
+        }
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
+            return Err(Config(format!("part size {} is outside S3's limits (5 MiB to 5 GiB)", self.part_size)));
+        }
+        if self.memory_budget < 2 * self.part_size {
+            return Err(Config(format!(
+                "memory budget {} must hold at least two parts of {} bytes",
+                self.memory_budget, self.part_size
+            )));
+        }
+        Ok(())
+    }
+}

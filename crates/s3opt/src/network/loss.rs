@@ -1,0 +1,145 @@
+//! Outcome classification and recovery policy.
+//!
+//! Every request attempt ends in one [`Outcome`]. Throttling (`503 SlowDown`,
+//! `RequestLimitExceeded`) is kept apart from other server errors because it is a congestion
+//! signal the controllers react to; timeouts and resets are loss-like signals. The
+//! [`RetryPolicy`] decides whether and when to try again (exponential backoff, full jitter).
+
+use std::time::Duration;
+
+/// How a request attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Success.
+    Ok,
+    /// The service asked us to slow down: 503 SlowDown, RequestLimitExceeded, 429.
+    Throttled,
+    /// Any other 5xx.
+    ServerError,
+    /// No answer in time (connect, first byte, or a stalled body).
+    Timeout,
+    /// The connection broke (reset, truncated body, refused).
+    Reset,
+    /// The data did not match its checksum (e.g. `BadDigest`).
+    Integrity,
+    /// A 4xx that retrying cannot fix (not found, denied, bad request).
+    ClientError,
+}
+
+impl Outcome {
+    /// All outcomes, in a fixed order (index = `self as usize`).
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::Throttled,
+        Outcome::ServerError,
+        Outcome::Timeout,
+        Outcome::Reset,
+        Outcome::Integrity,
+        Outcome::ClientError,
+    ];
+
+    /// Whether a fresh attempt of the same request may succeed.
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::ClientError)
+    }
+
+    /// Whether this is a congestion signal (controllers decrease their window on it).
+    pub fn is_congestion(self) -> bool {
+        matches!(self, Outcome::Throttled | Outcome::Timeout | Outcome::Reset)
+    }
+
+    /// snake_case name, as in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Throttled => "throttled",
+            Outcome::ServerError => "server_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Reset => "reset",
+            Outcome::Integrity => "integrity",
+            Outcome::ClientError => "client_error",
+        }
+    }
+}
+
+/// Classifies an HTTP status and S3 error code.
+pub fn classify_status(status: u16, code: Option<&str>) -> Outcome {
+    match (status, code) {
+        (_, Some("SlowDown" | "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "TooManyRequests")) => {
+            Outcome::Throttled
+        }
+        (429, _) => Outcome::Throttled,
+        (_, Some("BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch")) => Outcome::Integrity,
+        (_, Some("RequestTimeout")) => Outcome::Timeout,
+        (503, _) => Outcome::Throttled,
+        (500..=599, _) => Outcome::ServerError,
+        (200..=299, _) => Outcome::Ok,
+        _ => Outcome::ClientError,
+    }
+}
+
+/// When to retry and how long to wait: exponential backoff with full jitter
+/// (`sleep = random(0, min(cap, base * 2^attempt))`).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included. Default 8.
+    pub max_attempts: u32,
+    /// Backoff base. Default 100 ms.
+    pub base: Duration,
+    /// Longest single wait. Default 10 s.
+    pub cap: Duration,
+    /// Attempts when the endpoint cannot be reached at all. Default 3.
+    pub max_unreachable_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            max_unreachable_attempts: 3,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Upper bound of the wait before attempt `attempt + 1` (0-based failed attempt).
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.min(20));
+        exp.min(self.cap)
+    }
+
+    /// Wait before the next attempt, drawn with full jitter from `unit` in `[0, 1)`.
+    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
+        self.backoff_ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slowdown_is_throttling_not_a_server_error() {
+        assert_eq!(classify_status(503, Some("SlowDown")), Outcome::Throttled);
+        assert_eq!(classify_status(503, None), Outcome::Throttled);
+        assert_eq!(classify_status(400, Some("RequestLimitExceeded")), Outcome::Throttled);
+        assert_eq!(classify_status(500, Some("InternalError")), Outcome::ServerError);
+        assert_eq!(classify_status(400, Some("BadDigest")), Outcome::Integrity);
+        assert_eq!(classify_status(404, Some("NoSuchKey")), Outcome::ClientError);
+        assert!(Outcome::Throttled.is_congestion() && !Outcome::ServerError.is_congestion());
+        assert!(!Outcome::ClientError.is_retryable());
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap_with_full_jitter() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff_ceiling(0), Duration::from_millis(100));
+        assert_eq!(p.backoff_ceiling(3), Duration::from_millis(800));
+        assert_eq!(p.backoff_ceiling(30), Duration::from_secs(10));
+        assert_eq!(p.backoff(3, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff(3, 0.5), Duration::from_millis(400));
+    }
+}

@@ -1,0 +1,67 @@
+//! Network estimators and controllers: pure logic over per-request samples.
+//!
+//! Nothing here does I/O or reads a clock; time comes in as an argument, so the same code
+//! runs in virtual time in tests and steers real transfers in the client.
+
+pub mod loss;
+
+use std::time::{Duration, Instant};
+
+pub use loss::Outcome;
+
+/// One finished request attempt, as seen by the transfer engine: the unit every estimator
+/// and controller consumes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Which kind of request it was.
+    pub op: Op,
+    /// Payload bytes moved (sent for uploads, received for downloads).
+    pub bytes: u64,
+    /// When the attempt started.
+    pub started: Instant,
+    /// When it finished (successfully or not).
+    pub finished: Instant,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// `true` for a retry of an earlier failed attempt (Karn's rule: no RTT sample).
+    pub retransmit: bool,
+}
+
+impl Sample {
+    /// Time from start to finish.
+    pub fn latency(&self) -> Duration {
+        self.finished.saturating_duration_since(self.started)
+    }
+}
+
+/// Kind of S3 request, for metrics and for controllers that treat them differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    PutObject,
+    CreateMultipart,
+    UploadPart,
+    CompleteMultipart,
+    AbortMultipart,
+    GetObject,
+    HeadObject,
+    List,
+    Delete,
+}
+
+impl Op {
+    /// Name as in the S3 API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::PutObject => "PutObject",
+            Op::CreateMultipart => "CreateMultipartUpload",
+            Op::UploadPart => "UploadPart",
+            Op::CompleteMultipart => "CompleteMultipartUpload",
+            Op::AbortMultipart => "AbortMultipartUpload",
+            Op::GetObject => "GetObject",
+            Op::HeadObject => "HeadObject",
+            Op::List => "ListObjectsV2",
+            Op::Delete => "DeleteObject",
+        }
+    }
+}

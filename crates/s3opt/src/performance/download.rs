@@ -1,0 +1,202 @@
+//! The download pipeline: parallel ranged GETs reassembled in order and verified.
+//!
+//! Ranges (one part size each, read live so a controller can change it) are fetched
+//! concurrently into pool buffers; the writer consumes them strictly in order, feeding a
+//! running checksum; at the end the checksum must equal the full-object checksum S3
+//! stored. `get_range` is the ObjectFS path: a small read is exactly one small GET.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::client::{Engine, read_body};
+use crate::error::{Error, Result};
+use crate::network::Op;
+use crate::performance::buffer::PooledBuf;
+
+/// Ranged GETs queued ahead of the writer at most (memory is bounded by the pool anyway).
+const LOOKAHEAD: usize = 256;
+
+/// What a download did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GetResult {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Ranged GETs issued (not counting retries).
+    pub ranges: u32,
+    /// Checksum algorithm the data was verified with; `None` when S3 stored no full-object
+    /// checksum for it (e.g. objects uploaded by other tools as composite multipart).
+    pub verified_with: Option<&'static str>,
+}
+
+fn range_header(offset: u64, len: u64) -> String {
+    if len == 0 { format!("bytes={offset}-") } else { format!("bytes={offset}-{}", offset + len - 1) }
+}
+
+/// One ranged GET of exactly `len` bytes, with retries.
+async fn fetch(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<BytesMut> {
+    engine
+        .run(Op::GetObject, len, move || async move {
+            let out = engine
+                .s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .range(range_header(offset, len))
+                .send()
+                .await
+                .map_err(|e| engine.sdk_failure(e))?;
+            read_body(engine, out.body, Some(len)).await
+        })
+        .await
+        .map_err(|e| e.with_object(bucket, key))
+}
+
+async fn fetch_pooled(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<PooledBuf> {
+    let mut buf = engine.pool.acquire(len).await;
+    *buf.buf_mut() = fetch(engine, bucket, key, offset, len).await?;
+    Ok(buf)
+}
+
+/// Splits `[start, end)` into consecutive ranges of the live part size.
+fn ranges(engine: &Engine, start: u64, end: u64) -> impl futures::Stream<Item = (u64, u64)> + '_ {
+    futures::stream::unfold(start, move |off| async move {
+        (off < end).then(|| {
+            let len = engine.part_size().min(end - off);
+            ((off, len), off + len)
+        })
+    })
+}
+
+pub(crate) async fn get_object<W>(engine: &Arc<Engine>, bucket: &str, key: &str, mut writer: W) -> Result<GetResult>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    let info = engine.head(bucket, key).await?;
+    let mut hasher = info.checksum.as_ref().map(|c| c.hasher());
+    let mut fetches = std::pin::pin!(
+        ranges(engine, 0, info.size).map(|(off, len)| fetch_pooled(engine, bucket, key, off, len)).buffered(LOOKAHEAD)
+    );
+    let (mut written, mut count) = (0u64, 0u32);
+    while let Some(buf) = fetches.next().await {
+        let buf = buf?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(buf.as_slice());
+        }
+        writer
+            .write_all(buf.as_slice())
+            .await
+            .map_err(|source| Error::Stream { context: "writing download", source })?;
+        written += buf.len() as u64;
+        count += 1;
+    }
+    writer.flush().await.map_err(|source| Error::Stream { context: "writing download", source })?;
+    if let (Some(h), Some(expected)) = (hasher, &info.checksum) {
+        let actual = h.finish_b64();
+        if actual != expected.value {
+            return Err(Error::Integrity {
+                bucket: bucket.into(),
+                key: key.into(),
+                detail: format!(
+                    "downloaded data has {} {actual}, S3 stored {}",
+                    expected.algorithm_name(),
+                    expected.value
+                ),
+            });
+        }
+    }
+    Ok(GetResult { bytes: written, ranges: count, verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()) })
+}
+
+pub(crate) async fn get_object_to_file(
+    engine: &Arc<Engine>,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+) -> Result<GetResult> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+    let tmp = path.with_file_name(format!(".{name}.cargoship-partial"));
+    let file = tokio::fs::File::create(&tmp).await.map_err(|source| Error::Io {
+        context: "cannot write destination",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let result = async {
+        let res = get_object(engine, bucket, key, &mut writer).await?;
+        writer.shutdown().await.map_err(|source| Error::Io {
+            context: "cannot write destination",
+            path: path.to_owned(),
+            source,
+        })?;
+        tokio::fs::rename(&tmp, path).await.map_err(|source| Error::Io {
+            context: "cannot write destination",
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(res)
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+    if len == 0 || len <= engine.part_size() {
+        let res = engine
+            .run(Op::GetObject, len, move || async move {
+                let out = engine
+                    .s3
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .range(range_header(offset, len))
+                    .send()
+                    .await
+                    .map_err(|e| engine.sdk_failure(e))?;
+                let expected = out.content_length().map(|n| n.max(0) as u64);
+                read_body(engine, out.body, expected).await
+            })
+            .await;
+        let buf = match res {
+            Ok(buf) => buf,
+            Err(err) => return Err(range_error(engine, bucket, key, offset, err).await),
+        };
+        if len == 0 {
+            engine.metrics.add_bytes_received(buf.len() as u64);
+        }
+        return Ok(buf.freeze());
+    }
+    // A long read: one HEAD for the size, then parallel ranges.
+    let size = engine.head(bucket, key).await?.size;
+    if offset >= size {
+        return Err(Error::InvalidRange { bucket: bucket.into(), key: key.into(), offset, size });
+    }
+    let end = offset.saturating_add(len).min(size);
+    let mut out = BytesMut::with_capacity((end - offset) as usize);
+    let mut fetches = std::pin::pin!(
+        ranges(engine, offset, end).map(|(off, len)| fetch(engine, bucket, key, off, len)).buffered(LOOKAHEAD)
+    );
+    while let Some(piece) = fetches.next().await {
+        out.extend_from_slice(&piece?);
+    }
+    Ok(out.freeze())
+}
+
+/// Turns S3's `InvalidRange` into an error that says how long the object is.
+async fn range_error(engine: &Engine, bucket: &str, key: &str, offset: u64, err: Error) -> Error {
+    match err {
+        Error::Service { ref code, .. } if code == "InvalidRange" => match engine.head(bucket, key).await {
+            Ok(info) => Error::InvalidRange { bucket: bucket.into(), key: key.into(), offset, size: info.size },
+            Err(e) => e,
+        },
+        Error::NoSuchKey { .. } => engine.missing_bucket_or_key(bucket, key).await,
+        other => other.with_object(bucket, key),
+    }
+}

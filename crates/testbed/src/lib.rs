@@ -1,0 +1,14 @@
+//! CargoShip's testbed: everything needed to exercise the client without AWS.
+//!
+//! - [`store`]: an S3 backend on a local directory (s3s-fs) with the pieces of S3 that
+//!   s3s-fs lacks and CargoShip relies on (full-object CRC64NVME checksums on multipart
+//!   uploads, `ListMultipartUploads`).
+//! - [`server`]: that backend served over HTTP with SigV4 auth, either in-process on an
+//!   ephemeral port (integration tests, the CLI's embedded default) or as `cargoship serve`.
+//!
+//! The `s3opt` library never depends on this crate; only its tests and the CLI do.
+
+pub mod server;
+pub mod store;
+
+pub use server::{EmbeddedServer, ServerConfig};
