@@ -24,7 +24,8 @@ Examples:
   cargoship get s3://my-bucket/data/data.bin ./copy.bin
   cargoship get s3://my-bucket/data/data.bin head.bin --range 0:4096
   cargoship ls s3://my-bucket/data/
-  cargoship serve --root /srv/s3 --addr 127.0.0.1:9000";
+  cargoship serve --root /srv/s3 --addr 127.0.0.1:9000
+  cargoship emulate --scenario bench/scenarios/wan.toml --upstream http://127.0.0.1:9000";
 
 #[derive(Debug, Parser)]
 #[command(name = "cargoship", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -76,6 +77,24 @@ pub enum Command {
     Ls(LsArgs),
     /// Run an S3-compatible endpoint on a local directory.
     Serve(ServeArgs),
+    /// Run the WAN/fault emulator: a proxy that imposes a scenario between clients and S3.
+    Emulate(EmulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    /// Scenario file (TOML), e.g. bench/scenarios/wan.toml.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: PathBuf,
+    /// Address clients connect to.
+    #[arg(long, default_value = "127.0.0.1:9200", value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// The S3 endpoint requests are forwarded to.
+    #[arg(long, default_value = "http://127.0.0.1:9000", value_name = "URL")]
+    pub upstream: String,
+    /// Write the final stats (JSON) here on exit.
+    #[arg(long, value_name = "FILE")]
+    pub stats_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

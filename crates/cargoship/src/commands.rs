@@ -6,9 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use s3opt::{MetricsSnapshot, OptimizedS3Client, PutOptions};
 use serde::Serialize;
-use testbed::{EmbeddedServer, ServerConfig};
+use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
 
-use crate::cli::{GetArgs, GlobalOpts, LsArgs, PutArgs, ServeArgs};
+use crate::cli::{EmulateArgs, GetArgs, GlobalOpts, LsArgs, PutArgs, ServeArgs};
 use crate::exit::LocalFileError;
 use crate::progress::{Direction, Progress, human};
 use crate::s3url::S3Url;
@@ -257,9 +257,40 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         server.endpoint_url(),
         args.access_key
     );
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    stop_signal().await?;
     eprintln!("stopping");
     server.shutdown().await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+pub async fn emulate(args: &EmulateArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::load(&args.scenario).map_err(anyhow::Error::msg)?;
+    let name = scenario.name.clone();
+    let emu = Emulator::start(scenario, args.listen, &args.upstream)
+        .await
+        .with_context(|| format!("cannot start the emulator on {}", args.listen))?;
+    eprintln!(
+        "emulating '{name}' at {} -> {}; stats at {}/__emulator/stats; Ctrl-C to stop",
+        emu.endpoint_url(),
+        args.upstream,
+        emu.endpoint_url()
+    );
+    stop_signal().await?;
+    if let Some(path) = &args.stats_out {
+        let report = serde_json::to_vec_pretty(&emu.report())?;
+        std::fs::write(path, report).map_err(|e| LocalFileError::write(path, e))?;
+    }
     Ok(())
 }
 

@@ -31,6 +31,7 @@ async fn main() {
         Command::Get(a) => commands::get(&cli.global, a).await,
         Command::Ls(a) => commands::ls(&cli.global, a).await,
         Command::Serve(a) => commands::serve(a).await,
+        Command::Emulate(a) => commands::emulate(a).await,
     };
     if let Err(err) = result {
         eprintln!("cargoship: error: {}", exit::one_line(&err));

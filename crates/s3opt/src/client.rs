@@ -436,7 +436,11 @@ impl Engine {
                 // Connect failures (refused, DNS, no route) mean the endpoint is unreachable;
                 // anything else is a connection that broke mid-request.
                 let lower = detail.to_ascii_lowercase();
-                if lower.contains("connect") || lower.contains("dns") || lower.contains("resolve") {
+                let connect_failed = lower.contains("client error (connect)")
+                    || lower.contains("connection refused")
+                    || lower.contains("dns error")
+                    || lower.contains("failed to lookup");
+                if connect_failed {
                     Failure::new(Outcome::Reset, Error::Unreachable { endpoint: self.endpoint.clone(), detail })
                 } else {
                     Failure::new(

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// The embedded S3 backend.
 pub struct Store {
@@ -71,6 +72,21 @@ impl Store {
     }
 }
 
+/// Reads a body whole and checks it against its `x-amz-checksum-crc64nvme`; on a match,
+/// hands the bytes on as a new body, else fails with `BadDigest` as S3 does.
+async fn verified_body(mut body: StreamingBlob, expected: &str) -> S3Result<StreamingBlob> {
+    let mut data = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        data.extend_from_slice(&chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?);
+    }
+    let data = data.freeze();
+    let actual = STANDARD.encode(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data).to_be_bytes());
+    if actual != expected {
+        return Err(s3_error!(BadDigest, "checksum_crc64nvme mismatch: expected `{expected}`, got `{actual}`"));
+    }
+    Ok(StreamingBlob::wrap(futures::stream::once(async move { Ok::<_, std::convert::Infallible>(data) })))
+}
+
 /// CRC64NVME of a whole file, base64 of its big-endian bytes (S3's header format).
 pub fn file_crc64nvme(path: &Path) -> std::io::Result<String> {
     let crc = crc_fast::checksum_file(crc_fast::CrcAlgorithm::Crc64Nvme, &path.to_string_lossy(), None)?;
@@ -111,7 +127,24 @@ impl S3 for Store {
         if !self.root.join(&req.input.bucket).is_dir() {
             return Err(s3_error!(NoSuchBucket));
         }
-        self.fs.get_object(req).await
+        let path = self.object_path(&req.input.bucket, &req.input.key);
+        let mut resp = self.fs.get_object(req).await?;
+        // s3s-fs streams in 4 KiB reads; serve the same bytes in large reads instead.
+        let out = &mut resp.output;
+        let len = out.content_length.unwrap_or(0).max(0) as u64;
+        let start = match &out.content_range {
+            Some(r) => r
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split('-').next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| s3_error!(InternalError, "unparsable content range {r}"))?,
+            None => 0,
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| s3_error!(e, NoSuchKey))?;
+        file.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| s3_error!(e, InternalError))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
+        out.body = Some(StreamingBlob::wrap(stream));
+        Ok(resp)
     }
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         self.fs.head_bucket(req).await
@@ -128,9 +161,16 @@ impl S3 for Store {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.fs.list_objects_v2(req).await
     }
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(&self, mut req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         if !self.root.join(&req.input.bucket).is_dir() {
             return Err(s3_error!(NoSuchBucket));
+        }
+        // s3s-fs renames the new file into place before it compares checksums, so a
+        // corrupted PUT would replace the object and then fail. Check first.
+        if let Some(expected) = req.input.checksum_crc64nvme.clone()
+            && let Some(body) = req.input.body.take()
+        {
+            req.input.body = Some(verified_body(body, &expected).await?);
         }
         self.fs.put_object(req).await
     }
@@ -155,24 +195,10 @@ impl S3 for Store {
         let Some(expected) = req.input.checksum_crc64nvme.clone() else {
             return self.fs.upload_part(req).await;
         };
-        let mut body = req.input.body.take().ok_or_else(|| s3_error!(IncompleteBody))?;
-        let mut data = bytes::BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            data.extend_from_slice(&chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?);
-        }
-        let data = data.freeze();
-        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data);
-        let actual = STANDARD.encode(crc.to_be_bytes());
-        if actual != expected {
-            return Err(s3_error!(
-                BadDigest,
-                "part checksum_crc64nvme mismatch: expected `{expected}`, got `{actual}`"
-            ));
-        }
-        let once = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
-        req.input.body = Some(StreamingBlob::wrap(once));
+        let body = req.input.body.take().ok_or_else(|| s3_error!(IncompleteBody))?;
+        req.input.body = Some(verified_body(body, &expected).await?);
         let mut out = self.fs.upload_part(req).await?;
-        out.output.checksum_crc64nvme = Some(actual);
+        out.output.checksum_crc64nvme = Some(expected);
         Ok(out)
     }
     async fn upload_part_copy(
