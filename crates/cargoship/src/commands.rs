@@ -59,7 +59,13 @@ impl Summary {
 
     fn print(&self, g: &GlobalOpts, to_stderr: bool) {
         if g.json {
-            println!("{}", serde_json::to_string_pretty(self).expect("summary serializes"));
+            let json = serde_json::to_string_pretty(self).expect("summary serializes");
+            // With the data itself on stdout, the summary goes to stderr.
+            if to_stderr {
+                eprintln!("{json}")
+            } else {
+                println!("{json}")
+            }
             return;
         }
         let verb = if self.command == "put" { "uploaded" } else { "downloaded" };

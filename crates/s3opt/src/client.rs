@@ -520,8 +520,9 @@ pub(crate) async fn read_body(
     engine: &Engine,
     mut body: aws_sdk_s3::primitives::ByteStream,
     expected: Option<u64>,
-) -> Result<BytesMut, Failure> {
-    let mut buf = BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+    buf: &mut BytesMut,
+) -> Result<(), Failure> {
+    buf.clear();
     loop {
         match tokio::time::timeout(engine.cfg.idle_timeout, body.try_next()).await {
             Err(_) => {
@@ -563,5 +564,5 @@ pub(crate) async fn read_body(
             },
         ));
     }
-    Ok(buf)
+    Ok(())
 }

@@ -5,8 +5,14 @@
 //! [`BufferPool::acquire`] waits (back-pressure on the reader) instead of allocating.
 //! Waiters are served in order (tokio's semaphore is fair), so a download that consumes
 //! ranges in order never starves its earliest range.
+//!
+//! Released buffers are kept and handed out again for the same size, so the process
+//! allocates each buffer once instead of once per part (no allocator churn, no arena
+//! growth). The cache never makes memory exceed the budget: a fresh allocation happens only
+//! after the cache is emptied, so live plus cached bytes stay within what the semaphore
+//! has granted at some point.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -18,18 +24,21 @@ fn units(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX)
 }
 
+type Cache = Arc<Mutex<Vec<BytesMut>>>;
+
 /// The shared pool.
 #[derive(Clone, Debug)]
 pub struct BufferPool {
     budget: u64,
     sem: Arc<Semaphore>,
+    cache: Cache,
 }
 
 impl BufferPool {
     /// A pool that never holds more than `budget` bytes.
     pub fn new(budget: u64) -> Self {
         let budget = budget.max(UNIT);
-        Self { budget, sem: Arc::new(Semaphore::new(units(budget) as usize)) }
+        Self { budget, sem: Arc::new(Semaphore::new(units(budget) as usize)), cache: Cache::default() }
     }
 
     /// The budget in bytes.
@@ -46,56 +55,106 @@ impl BufferPool {
     /// Borrows an empty buffer with room for `size` bytes, waiting while the budget is spent.
     /// Sizes above the budget are clamped to it (callers never ask for that much).
     pub async fn acquire(&self, size: u64) -> PooledBuf {
-        let size = size.min(self.budget);
-        let permit = self.sem.clone().acquire_many_owned(units(size)).await.expect("semaphore never closed");
-        PooledBuf { buf: BytesMut::with_capacity(size as usize), permit }
+        let size = size.min(self.budget) as usize;
+        let permit = self.sem.clone().acquire_many_owned(units(size as u64)).await.expect("semaphore never closed");
+        let buf = {
+            let mut cache = self.cache.lock().expect("pool cache");
+            match cache.iter().position(|b| b.capacity() == size) {
+                Some(i) => cache.swap_remove(i),
+                None => {
+                    cache.clear();
+                    BytesMut::with_capacity(size)
+                }
+            }
+        };
+        PooledBuf { buf: Some(buf), permit: Some(permit), cache: self.cache.clone() }
+    }
+}
+
+fn give_back(cache: &Cache, mut buf: BytesMut) {
+    buf.clear();
+    if buf.capacity() > 0 {
+        cache.lock().expect("pool cache").push(buf);
     }
 }
 
 /// A buffer borrowed from the pool. Fill it, [`freeze`](PooledBuf::freeze) it to send it;
 /// its budget returns to the pool when it (or the frozen copy) is dropped.
 pub struct PooledBuf {
-    buf: BytesMut,
-    permit: OwnedSemaphorePermit,
+    buf: Option<BytesMut>,
+    permit: Option<OwnedSemaphorePermit>,
+    cache: Cache,
 }
 
 impl PooledBuf {
     /// The writable buffer.
     pub fn buf_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+        self.buf.as_mut().expect("present until frozen")
+    }
+
+    /// Takes the buffer out (to lend it to a request); put it back with [`PooledBuf::put`].
+    pub fn take(&mut self) -> BytesMut {
+        self.buf.take().unwrap_or_default()
+    }
+
+    /// Puts a (possibly refilled) buffer back.
+    pub fn put(&mut self, buf: BytesMut) {
+        self.buf = Some(buf);
     }
 
     /// The data written so far.
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_deref().unwrap_or_default()
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.as_slice().len()
     }
 
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.len() == 0
     }
 
     /// Turns the filled buffer into a cheaply clonable [`FrozenBuf`] (for retries).
-    pub fn freeze(self) -> FrozenBuf {
-        FrozenBuf { bytes: self.buf.freeze(), _permit: self.permit }
+    pub fn freeze(mut self) -> FrozenBuf {
+        let bytes = self.buf.take().unwrap_or_default().freeze();
+        FrozenBuf { bytes, permit: self.permit.take(), cache: self.cache.clone() }
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_back(&self.cache, buf);
+        }
+        // The permit is released after the buffer is back, so a woken waiter can reuse it.
+        self.permit.take();
     }
 }
 
 /// Immutable filled buffer, still counted against the budget until dropped.
 pub struct FrozenBuf {
     bytes: Bytes,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    cache: Cache,
 }
 
 impl FrozenBuf {
     /// The data (a cheap reference-counted handle).
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
+    }
+}
+
+impl Drop for FrozenBuf {
+    fn drop(&mut self) {
+        // Reusable only if no request still holds a copy (they have all finished by now).
+        if let Ok(buf) = std::mem::take(&mut self.bytes).try_into_mut() {
+            give_back(&self.cache, buf);
+        }
+        self.permit.take();
     }
 }
 
@@ -117,5 +176,21 @@ mod tests {
         let cap = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap();
         assert!(cap >= 600 << 10);
         assert_eq!(pool.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn buffers_are_reused_and_a_new_size_evicts_the_cache() {
+        let pool = BufferPool::new(4 << 20);
+        let mut a = pool.acquire(1 << 20).await;
+        a.buf_mut().extend_from_slice(&[1u8; 1000]);
+        let ptr = a.as_slice().as_ptr();
+        drop(a.freeze());
+        let b = pool.acquire(1 << 20).await;
+        assert_eq!(b.as_slice().as_ptr(), ptr, "the same allocation came back");
+        assert!(b.is_empty());
+        drop(b);
+        let c = pool.acquire(2 << 20).await;
+        assert_eq!(pool.cache.lock().unwrap().len(), 0, "cached buffers of another size were freed");
+        drop(c);
     }
 }

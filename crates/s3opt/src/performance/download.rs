@@ -37,28 +37,43 @@ fn range_header(offset: u64, len: u64) -> String {
     if len == 0 { format!("bytes={offset}-") } else { format!("bytes={offset}-{}", offset + len - 1) }
 }
 
-/// One ranged GET of exactly `len` bytes, with retries.
-async fn fetch(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<BytesMut> {
+/// One ranged GET of `len` bytes (0: to the end) at `offset`, with retries, into `buf`
+/// (reused across attempts). Returns the filled buffer.
+async fn fetch(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64, buf: BytesMut) -> Result<BytesMut> {
+    let slot = &std::sync::Mutex::new(Some(buf));
     engine
         .run(Op::GetObject, len, move || async move {
-            let out = engine
-                .s3
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .range(range_header(offset, len))
-                .send()
-                .await
-                .map_err(|e| engine.sdk_failure(e))?;
-            read_body(engine, out.body, Some(len)).await
+            let mut buf = slot.lock().expect("slot").take().unwrap_or_default();
+            let result = async {
+                let out = engine
+                    .s3
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .range(range_header(offset, len))
+                    .send()
+                    .await
+                    .map_err(|e| engine.sdk_failure(e))?;
+                let expected = out.content_length().map(|n| n.max(0) as u64);
+                buf.reserve(expected.unwrap_or(0) as usize);
+                read_body(engine, out.body, expected, &mut buf).await
+            }
+            .await;
+            match result {
+                Ok(()) => Ok(buf),
+                Err(failure) => {
+                    *slot.lock().expect("slot") = Some(buf);
+                    Err(failure)
+                }
+            }
         })
         .await
-        .map_err(|e| e.with_object(bucket, key))
 }
 
 async fn fetch_pooled(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<PooledBuf> {
     let mut buf = engine.pool.acquire(len).await;
-    *buf.buf_mut() = fetch(engine, bucket, key, offset, len).await?;
+    let data = fetch(engine, bucket, key, offset, len, buf.take()).await.map_err(|e| e.with_object(bucket, key))?;
+    buf.put(data);
     Ok(buf)
 }
 
@@ -149,22 +164,7 @@ pub(crate) async fn get_object_to_file(
 
 pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
     if len == 0 || len <= engine.part_size() {
-        let res = engine
-            .run(Op::GetObject, len, move || async move {
-                let out = engine
-                    .s3
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .range(range_header(offset, len))
-                    .send()
-                    .await
-                    .map_err(|e| engine.sdk_failure(e))?;
-                let expected = out.content_length().map(|n| n.max(0) as u64);
-                read_body(engine, out.body, expected).await
-            })
-            .await;
-        let buf = match res {
+        let buf = match fetch(engine, bucket, key, offset, len, BytesMut::new()).await {
             Ok(buf) => buf,
             Err(err) => return Err(range_error(engine, bucket, key, offset, err).await),
         };
@@ -181,10 +181,12 @@ pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, off
     let end = offset.saturating_add(len).min(size);
     let mut out = BytesMut::with_capacity((end - offset) as usize);
     let mut fetches = std::pin::pin!(
-        ranges(engine, offset, end).map(|(off, len)| fetch(engine, bucket, key, off, len)).buffered(LOOKAHEAD)
+        ranges(engine, offset, end)
+            .map(|(off, len)| fetch(engine, bucket, key, off, len, BytesMut::new()))
+            .buffered(LOOKAHEAD)
     );
     while let Some(piece) = fetches.next().await {
-        out.extend_from_slice(&piece?);
+        out.extend_from_slice(&piece.map_err(|e| e.with_object(bucket, key))?);
     }
     Ok(out.freeze())
 }
