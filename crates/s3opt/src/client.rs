@@ -366,7 +366,17 @@ impl Engine {
                 Ok(_) => Outcome::Ok,
                 Err(f) => f.outcome,
             };
-            self.metrics.record(&Sample { op, bytes, started, finished, outcome, retransmit: attempt > 0 });
+            self.metrics.record(&Sample {
+                op,
+                bytes,
+                started,
+                finished,
+                outcome,
+                retransmit: attempt > 0,
+                delivered_at_start: 0,
+                delivered_time_at_start: started,
+                delivered_at_end: 0,
+            });
             let failure = match result {
                 Ok(v) => return Ok(v),
                 Err(f) => f,

@@ -3,7 +3,13 @@
 //! Nothing here does I/O or reads a clock; time comes in as an argument, so the same code
 //! runs in virtual time in tests and steers real transfers in the client.
 
+pub mod bbr;
+pub mod bdp;
+pub mod cubic;
 pub mod loss;
+pub mod rtt;
+#[cfg(test)]
+pub(crate) mod sim;
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,15 @@ pub struct Sample {
     pub outcome: Outcome,
     /// `true` for a retry of an earlier failed attempt (Karn's rule: no RTT sample).
     pub retransmit: bool,
+    /// Bytes delivered by all requests of the client when this one started.
+    pub delivered_at_start: u64,
+    /// When that count was last reached (the completion before this request started).
+    /// A delivery rate is measured from here, not from `started`, so bytes of requests
+    /// that were already under way are not credited to a shorter interval (BBR's
+    /// `delivered_time`).
+    pub delivered_time_at_start: Instant,
+    /// Bytes delivered by all requests when this one finished (its own bytes included).
+    pub delivered_at_end: u64,
 }
 
 impl Sample {

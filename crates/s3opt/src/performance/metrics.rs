@@ -218,7 +218,17 @@ mod tests {
 
     fn sample(op: Op, bytes: u64, ms: u64, outcome: Outcome, retransmit: bool) -> Sample {
         let started = Instant::now();
-        Sample { op, bytes, started, finished: started + Duration::from_millis(ms), outcome, retransmit }
+        Sample {
+            op,
+            bytes,
+            started,
+            finished: started + Duration::from_millis(ms),
+            outcome,
+            retransmit,
+            delivered_at_start: 0,
+            delivered_time_at_start: started,
+            delivered_at_end: 0,
+        }
     }
 
     #[test]

@@ -1,0 +1,260 @@
+//! A BBR-style model over requests. Each completed request yields a delivery-rate sample
+//! (bytes delivered by everyone between its start and its end, over its duration); the
+//! bottleneck bandwidth is the windowed maximum of those over 10 rounds (at most 10 s), the propagation
+//! latency the minimum request latency over 10 s. The window (requests in flight) is
+//! `gain x bandwidth x min latency / request size`, with BBR's modes:
+//!
+//! - **Startup**: gain 2.89 until the bandwidth stops growing by 25% for 3 rounds, or
+//!   (HyStart-like) until requests take 1.5x the minimum latency: a queue is building;
+//! - **Drain**: the window falls to the BDP for one round while the queue Startup built
+//!   empties (no new request starts until in-flight is below it);
+//! - **ProbeBW**: gains cycling 1.25, 0.9, 1, 1, one phase per round; if the
+//!   1.25 probe found 15% more bandwidth, the path got faster: back to Startup to grow
+//!   exponentially instead of 25% per cycle;
+//! - **ProbeRTT**: when the minimum is stale, half the BDP in flight until a request
+//!   started in ProbeRTT completes; the least latency of those becomes the new minimum
+//!   (an inflated latency is never adopted just because the old minimum aged out).
+//!
+//! Requests are long compared with packets (seconds on a slow path), so a round is one
+//! minimum latency of time rather than one packet-timed round trip, and the minimum stays
+//! valid for 10 s or 4 rounds, whichever is longer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{Outcome, Sample};
+use crate::network::rtt::MIN_RTT_WINDOW;
+
+const STARTUP_GAIN: f64 = 2.89;
+/// ProbeBW gains. Packet BBR drains its probe with 0.75; a request window drains by
+/// itself as requests complete (no new ones start until below the window), so 0.9 is
+/// enough and avoids a round of under-use.
+/// Four phases rather than packet BBR's eight: a request round is long, and a shorter
+/// cycle probes for new bandwidth twice as often.
+const CYCLE: [f64; 4] = [1.25, 0.9, 1.0, 1.0];
+const BW_WINDOW_ROUNDS: u64 = 10;
+/// Rate samples also expire after this long, so a drop in bandwidth is tracked within
+/// seconds even when a round (one request time) is long.
+const BW_WINDOW_TIME: Duration = Duration::from_secs(10);
+
+/// BBR's modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Startup,
+    Drain,
+    ProbeBw,
+    ProbeRtt,
+}
+
+/// The model.
+#[derive(Debug, Clone)]
+pub struct Bbr {
+    mode: Mode,
+    initial: f64,
+    max_window: f64,
+    bw: VecDeque<(u64, Instant, f64)>,
+    min_rtt: Option<(Instant, f64)>,
+    round: u64,
+    round_start: Option<Instant>,
+    full_bw: f64,
+    full_bw_rounds: u32,
+    filled: bool,
+    mode_round: u64,
+    cycle: usize,
+    cycle_start: Option<Instant>,
+    request_bytes: f64,
+    /// ProbeRTT: when it began, and the least latency of requests started since.
+    probe_rtt: Option<(Instant, Option<f64>)>,
+    /// Bandwidth estimate when the current 1.25 probe began.
+    probe_start_bw: f64,
+}
+
+impl Bbr {
+    /// A model that starts with `initial` requests in flight and never asks for more than
+    /// `max_window`.
+    pub fn new(initial: f64, max_window: f64) -> Self {
+        Self {
+            mode: Mode::Startup,
+            initial: initial.max(1.0),
+            max_window,
+            bw: VecDeque::new(),
+            min_rtt: None,
+            round: 0,
+            round_start: None,
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+            filled: false,
+            mode_round: 0,
+            cycle: 0,
+            cycle_start: None,
+            request_bytes: 0.0,
+            probe_rtt: None,
+            probe_start_bw: 0.0,
+        }
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Bottleneck bandwidth estimate, bytes/s.
+    pub fn bandwidth(&self) -> f64 {
+        self.bw.iter().map(|&(_, _, r)| r).fold(0.0, f64::max)
+    }
+
+    /// Minimum request latency within the last 10 s.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt.map(|(_, v)| Duration::from_secs_f64(v))
+    }
+
+    /// Rounds counted so far.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    fn gain(&self) -> f64 {
+        match self.mode {
+            Mode::Startup => STARTUP_GAIN,
+            // The window drops to the BDP at once; in-flight requests drain down to it as
+            // they complete (packet BBR paces at 1/2.89 instead).
+            Mode::Drain => 1.0,
+            Mode::ProbeBw => CYCLE[self.cycle],
+            Mode::ProbeRtt => 0.5,
+        }
+    }
+
+    /// The window the model asks for (requests in flight, fractional).
+    pub fn window(&self) -> f64 {
+        let (Some(min_rtt), bw) = (self.min_rtt, self.bandwidth()) else {
+            return self.initial;
+        };
+        if bw <= 0.0 || self.request_bytes <= 0.0 {
+            return self.initial;
+        }
+        let bdp = super::bdp::window_for(bw, Duration::from_secs_f64(min_rtt.1), self.request_bytes as u64);
+        let w = self.gain() * bdp;
+        // Startup never shrinks below where it started.
+        let w = if self.mode == Mode::Startup { w.max(self.initial) } else { w };
+        w.clamp(1.0, self.max_window)
+    }
+
+    /// The steady-state window (gain 1): bandwidth x min latency / request size.
+    pub fn bdp_window(&self) -> f64 {
+        match (self.min_rtt, self.bandwidth()) {
+            (Some((_, rtt)), bw) if bw > 0.0 && self.request_bytes > 0.0 => {
+                super::bdp::window_for(bw, Duration::from_secs_f64(rtt), self.request_bytes as u64)
+            }
+            _ => self.initial,
+        }
+    }
+
+    /// Feeds a finished request. Only successes carry rate and latency information.
+    pub fn on_sample(&mut self, s: &Sample) {
+        if s.outcome != Outcome::Ok || s.bytes == 0 {
+            return;
+        }
+        let now = s.finished;
+        let latency = s.latency().as_secs_f64().max(1e-6);
+        self.request_bytes =
+            if self.request_bytes == 0.0 { s.bytes as f64 } else { 0.9 * self.request_bytes + 0.1 * s.bytes as f64 };
+
+        let round_len = self.min_rtt().unwrap_or(s.latency());
+        let new_round = self.round_start.is_none_or(|t| now.duration_since(t) >= round_len);
+        if new_round {
+            self.round += 1;
+            self.round_start = Some(now);
+        }
+        let interval = now.duration_since(s.delivered_time_at_start).as_secs_f64().max(latency);
+        let rate = s.delivered_at_end.saturating_sub(s.delivered_at_start) as f64 / interval;
+        self.bw.push_back((self.round, now, rate));
+        while self
+            .bw
+            .front()
+            .is_some_and(|&(r, t, _)| r + BW_WINDOW_ROUNDS < self.round || now.duration_since(t) > BW_WINDOW_TIME)
+        {
+            self.bw.pop_front();
+        }
+        let validity = MIN_RTT_WINDOW.max(round_len * 4);
+        let stale = self.min_rtt.is_some_and(|(t, _)| now.duration_since(t) > validity);
+        if !s.retransmit && self.min_rtt.is_none_or(|(_, v)| latency <= v) {
+            self.min_rtt = Some((now, latency));
+        }
+        let mut probe_done = false;
+        if let Some((began, best)) = &mut self.probe_rtt
+            && s.started >= *began
+            && !s.retransmit
+        {
+            *best = Some(best.map_or(latency, |b: f64| b.min(latency)));
+            self.min_rtt = Some((now, best.expect("just set")));
+            probe_done = true;
+        }
+        // A request started after Startup's first round that took 1.5x the minimum waited
+        // in a queue: the pipe is full.
+        if self.mode == Mode::Startup
+            && self.round > 1
+            && self.min_rtt.is_some_and(|(_, v)| latency > 1.5 * v)
+            && !s.retransmit
+        {
+            self.filled = true;
+        }
+
+        if new_round && !self.filled {
+            let bw = self.bandwidth();
+            if bw >= self.full_bw * 1.25 {
+                self.full_bw = bw;
+                self.full_bw_rounds = 0;
+            } else {
+                self.full_bw_rounds += 1;
+                self.filled = self.full_bw_rounds >= 3;
+            }
+        }
+        self.advance(now, new_round, stale, probe_done);
+    }
+
+    fn enter(&mut self, mode: Mode, now: Instant) {
+        self.mode = mode;
+        self.mode_round = self.round;
+        if mode == Mode::ProbeBw {
+            self.cycle = 0;
+            self.cycle_start = Some(now);
+            self.probe_start_bw = self.bandwidth();
+        }
+        if mode == Mode::ProbeRtt {
+            self.probe_rtt = Some((now, None));
+        }
+    }
+
+    fn advance(&mut self, now: Instant, new_round: bool, rtt_stale: bool, probe_done: bool) {
+        match self.mode {
+            Mode::Startup if self.filled => self.enter(Mode::Drain, now),
+            Mode::Drain if new_round && self.round > self.mode_round => self.enter(Mode::ProbeBw, now),
+            Mode::ProbeBw => {
+                if new_round {
+                    if self.cycle == 0 && self.bandwidth() >= 1.15 * self.probe_start_bw {
+                        self.filled = false;
+                        self.full_bw = self.bandwidth();
+                        self.full_bw_rounds = 0;
+                        self.enter(Mode::Startup, now);
+                        return;
+                    }
+                    self.cycle = (self.cycle + 1) % CYCLE.len();
+                    self.cycle_start = Some(now);
+                    if self.cycle == 0 {
+                        self.probe_start_bw = self.bandwidth();
+                    }
+                }
+                if rtt_stale {
+                    self.enter(Mode::ProbeRtt, now);
+                }
+            }
+            Mode::ProbeRtt if probe_done => {
+                self.probe_rtt = None;
+                let next = if self.filled { Mode::ProbeBw } else { Mode::Startup };
+                self.enter(next, now);
+            }
+            _ => {}
+        }
+    }
+}
