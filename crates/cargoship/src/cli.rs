@@ -47,9 +47,14 @@ pub struct GlobalOpts {
     /// Named profile from ~/.aws/config.
     #[arg(long, global = true, value_name = "NAME")]
     pub profile: Option<String>,
-    /// Requests in flight at once.
-    #[arg(long, global = true, default_value_t = 16, value_name = "N")]
-    pub concurrency: usize,
+    /// How many requests are in flight: auto (BBR probing + CUBIC backoff, the default),
+    /// bbr, cubic, or fixed:N.
+    #[arg(long, global = true, value_name = "NAME", value_parser = parse_controller)]
+    pub controller: Option<s3opt::ControllerKind>,
+    /// Requests in flight: alone, a fixed number (same as --controller fixed:N); with
+    /// --controller, where that controller starts [default: 16].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: Option<u64>,
     /// Part size for multipart uploads and ranged downloads (e.g. 8MiB, 64M).
     #[arg(long, global = true, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
     pub part_size: u64,
@@ -159,6 +164,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit '{other}' in '{s}' (use K, M, G, T)")),
     };
     Ok((value * mult as f64) as u64)
+}
+
+fn parse_controller(s: &str) -> Result<s3opt::ControllerKind, String> {
+    s.parse()
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use s3opt::{MetricsSnapshot, OptimizedS3Client, PutOptions};
+use s3opt::{ControllerState, MetricsSnapshot, OptimizedS3Client, PutOptions, TimelinePoint};
 use serde::Serialize;
 use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
 
@@ -28,7 +28,11 @@ struct Summary {
     errors: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     verified_with: Option<&'static str>,
+    /// The controller's final state.
+    controller: ControllerState,
     metrics: MetricsSnapshot,
+    /// The controller's decisions over time (window, part size, MB/s, estimates, mode).
+    timeline: Vec<TimelinePoint>,
 }
 
 impl Summary {
@@ -53,7 +57,9 @@ impl Summary {
             retries: metrics.retries,
             errors: metrics.errors.clone(),
             verified_with: None,
+            controller: client.controller_state(),
             metrics,
+            timeline: client.timeline(),
         }
     }
 

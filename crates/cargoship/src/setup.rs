@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use s3opt::{ClientConfig, OptimizedS3Client};
+use s3opt::{ClientConfig, ControllerKind, OptimizedS3Client};
 use testbed::{EmbeddedServer, ServerConfig};
 
 use crate::cli::GlobalOpts;
@@ -74,7 +74,12 @@ fn client_config(g: &GlobalOpts) -> ClientConfig {
         endpoint_url: g.endpoint_url.clone(),
         region: g.region.clone(),
         profile: g.profile.clone(),
-        concurrency: g.concurrency,
+        controller: match (g.controller, g.concurrency) {
+            (Some(c), _) => c,
+            (None, Some(n)) => ControllerKind::Fixed(n as usize),
+            (None, None) => ControllerKind::Auto,
+        },
+        concurrency: g.concurrency.unwrap_or(16) as usize,
         part_size: g.part_size,
         memory_budget: g.memory_budget,
         ..ClientConfig::default()

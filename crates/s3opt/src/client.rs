@@ -19,6 +19,9 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::adaptive::controller::{Controller, ControllerKind, ControllerState};
+use crate::adaptive::monitor::{Monitor, TimelinePoint};
+use crate::adaptive::optimizer::part_size_for;
 use crate::adaptive::window::Window;
 use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, Result};
@@ -45,8 +48,20 @@ pub(crate) struct Engine {
     pub(crate) pool: BufferPool,
     pub(crate) metrics: Metrics,
     part_size: AtomicU64,
+    /// Controller, delivery accounting and monitor, updated on every data request.
+    control: std::sync::Mutex<Control>,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The control loop's state.
+struct Control {
+    controller: Box<dyn Controller>,
+    /// Part size chosen by the optimizer (`None` with a fixed controller: the configured size).
+    adaptive_parts: bool,
+    delivered: u64,
+    delivered_time: Instant,
+    monitor: Monitor,
 }
 
 /// A failed attempt: how it ended (for retry and controllers) and what to report.
@@ -140,11 +155,22 @@ impl OptimizedS3Client {
     /// Wraps an SDK client built elsewhere.
     pub fn from_sdk(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String) -> Self {
         let metrics = Metrics::new();
-        metrics.set_concurrency(cfg.concurrency);
+        let controller = cfg.controller.build(cfg.concurrency, cfg.max_concurrency);
+        let initial = controller.window();
+        metrics.set_concurrency(initial);
         metrics.set_part_size(cfg.part_size);
+        let now = Instant::now();
+        let control = Control {
+            adaptive_parts: !matches!(cfg.controller, ControllerKind::Fixed(_)),
+            controller,
+            delivered: 0,
+            delivered_time: now,
+            monitor: Monitor::new(now),
+        };
         let engine = Engine {
             s3,
-            window: Window::new(cfg.concurrency),
+            control: std::sync::Mutex::new(control),
+            window: Window::new(initial),
             pool: BufferPool::new(cfg.memory_budget),
             part_size: AtomicU64::new(cfg.part_size),
             metrics,
@@ -165,10 +191,24 @@ impl OptimizedS3Client {
         &self.engine.s3
     }
 
-    /// Changes how many requests may be in flight; takes effect for the next request.
+    /// Fixes how many requests may be in flight from now on (the controller becomes
+    /// `fixed:n`); takes effect for the next request.
     pub fn set_concurrency(&self, n: usize) {
+        let mut c = self.engine.control.lock().expect("control lock");
+        c.controller = ControllerKind::Fixed(n.max(1)).build(n, n);
+        c.adaptive_parts = false;
         self.engine.window.set_limit(n);
         self.engine.metrics.set_concurrency(n.max(1));
+    }
+
+    /// The controller's current state.
+    pub fn controller_state(&self) -> ControllerState {
+        self.engine.control.lock().expect("control lock").controller.state()
+    }
+
+    /// Every controller decision so far, one point per 250 ms at most.
+    pub fn timeline(&self) -> Vec<TimelinePoint> {
+        self.engine.control.lock().expect("control lock").monitor.timeline()
     }
 
     /// Current concurrency limit.
@@ -357,6 +397,10 @@ impl Engine {
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
             self.metrics.request_started();
+            let (delivered_at_start, delivered_time_at_start) = {
+                let c = self.control.lock().expect("control lock");
+                (c.delivered, c.delivered_time)
+            };
             let started = Instant::now();
             let result = attempt_fn().await;
             let finished = Instant::now();
@@ -366,17 +410,21 @@ impl Engine {
                 Ok(_) => Outcome::Ok,
                 Err(f) => f.outcome,
             };
-            self.metrics.record(&Sample {
+            let mut sample = Sample {
                 op,
                 bytes,
                 started,
                 finished,
                 outcome,
                 retransmit: attempt > 0,
-                delivered_at_start: 0,
-                delivered_time_at_start: started,
-                delivered_at_end: 0,
-            });
+                delivered_at_start,
+                delivered_time_at_start,
+                delivered_at_end: delivered_at_start,
+            };
+            if windowed {
+                self.steer(&mut sample);
+            }
+            self.metrics.record(&sample);
             let failure = match result {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
@@ -398,6 +446,30 @@ impl Engine {
             tracing::debug!(op = op.name(), attempt, outcome = failure.outcome.name(), error = %failure.error, "retrying");
             tokio::time::sleep(self.cfg.retry.backoff(attempt - 1, rand::random::<f64>())).await;
         }
+    }
+
+    /// Feeds a data request's sample to the controller and applies its answer: the window
+    /// (permits) and, unless fixed, the part size that fits that window in memory.
+    fn steer(&self, sample: &mut Sample) {
+        let mut c = self.control.lock().expect("control lock");
+        if sample.outcome == Outcome::Ok {
+            c.delivered += sample.bytes;
+            c.delivered_time = sample.finished;
+            c.monitor.on_completion(sample.finished, sample.bytes);
+        }
+        sample.delivered_at_end = c.delivered;
+        c.controller.on_sample(sample);
+        let window = c.controller.window();
+        self.window.set_limit(window);
+        self.metrics.set_concurrency(window);
+        if c.adaptive_parts {
+            let part = self.clamp_part_size(part_size_for(window, self.pool.budget(), self.cfg.part_size));
+            self.part_size.store(part, Relaxed);
+            self.metrics.set_part_size(part);
+        }
+        let (in_flight, part) = (self.window.in_use() as u64, self.part_size());
+        let Control { monitor, controller, .. } = &mut *c;
+        monitor.maybe_record(sample.finished, in_flight, part, || controller.state());
     }
 
     /// Maps an SDK error to an outcome and a typed error.

@@ -27,8 +27,12 @@ pub struct ClientConfig {
     pub force_path_style: Option<bool>,
     /// Static credentials (access key, secret); `None`: the standard AWS credential chain.
     pub credentials: Option<(String, String)>,
-    /// Requests in flight at once. Default 16. Can be changed while transfers run.
+    /// How the number of requests in flight is decided. Default `auto`.
+    pub controller: crate::adaptive::controller::ControllerKind,
+    /// Requests in flight at the start (the whole time with `fixed:N`). Default 16.
     pub concurrency: usize,
+    /// Most requests in flight any controller may ask for. Default 128.
+    pub max_concurrency: usize,
     /// Part size for multipart uploads and ranged downloads. Default 8 MiB.
     pub part_size: u64,
     /// Most bytes of object data held in memory by all transfers together. Default 256 MiB.
@@ -50,7 +54,9 @@ impl Default for ClientConfig {
             profile: None,
             force_path_style: None,
             credentials: None,
+            controller: crate::adaptive::controller::ControllerKind::Auto,
             concurrency: 16,
+            max_concurrency: 128,
             part_size: 8 * 1024 * 1024,
             memory_budget: 256 * 1024 * 1024,
             retry: RetryPolicy::default(),

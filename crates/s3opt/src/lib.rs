@@ -33,6 +33,8 @@ pub mod integrity;
 pub mod network;
 pub mod performance;
 
+pub use adaptive::controller::{ControllerKind, ControllerState};
+pub use adaptive::monitor::TimelinePoint;
 pub use client::{ListEntry, Listing, MultipartUploadInfo, ObjectInfo, OptimizedS3Client};
 pub use config::ClientConfig;
 pub use error::{Error, Result};

@@ -8,12 +8,20 @@ use s3opt::{ClientConfig, OptimizedS3Client, PutOptions};
 use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
 
 async fn via_emulator(scenario: &str) -> (tempfile::TempDir, EmbeddedServer, Emulator, OptimizedS3Client) {
+    via_emulator_with(scenario, |_| {}).await
+}
+
+async fn via_emulator_with(
+    scenario: &str,
+    tweak: impl FnOnce(&mut ClientConfig),
+) -> (tempfile::TempDir, EmbeddedServer, Emulator, OptimizedS3Client) {
     let dir = tempfile::tempdir().unwrap();
     let server = EmbeddedServer::start(ServerConfig::ephemeral(dir.path())).await.unwrap();
     server.create_bucket(BUCKET).unwrap();
     let scenario = Scenario::parse(&format!("name = \"t\"\n{scenario}")).unwrap();
     let emu = Emulator::start(scenario, "127.0.0.1:0".parse().unwrap(), &server.endpoint_url()).await.unwrap();
-    let cfg = ClientConfig { endpoint_url: Some(emu.endpoint_url()), ..common::config(&server) };
+    let mut cfg = ClientConfig { endpoint_url: Some(emu.endpoint_url()), ..common::config(&server) };
+    tweak(&mut cfg);
     let client = OptimizedS3Client::new(cfg).await.unwrap();
     (dir, server, emu, client)
 }
@@ -59,4 +67,27 @@ async fn slowdown_is_counted_as_throttling_and_retried() {
     assert!(slowdowns > 0);
     assert_eq!(client.metrics().errors.get("throttled"), Some(&slowdowns));
     assert_eq!(client.list(BUCKET, "hot/", None).await.unwrap().objects.len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auto_controller_opens_the_window_on_a_path_with_a_per_connection_cap() {
+    // 4 MB/s per connection under a 24 MB/s bottleneck: about 6 parts must be in flight.
+    let scenario =
+        "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\nbottleneck_up_mbps = 24.0\nbottleneck_down_mbps = 24.0";
+    let (_d, _s, _emu, client) = via_emulator_with(scenario, |c| {
+        c.controller = s3opt::ControllerKind::Auto;
+        c.concurrency = 2;
+        c.memory_budget = 64 * MIB;
+    })
+    .await;
+    let src = data(60 * MIB as usize, 9);
+    let started = std::time::Instant::now();
+    roundtrip(&client, "auto.bin", &src).await;
+    let secs = started.elapsed().as_secs_f64();
+    let timeline = client.timeline();
+    let peak = timeline.iter().map(|p| p.state.window).max().unwrap_or(0);
+    assert!(peak >= 5, "the window grew from 2 toward the ~6 the path needs (peak {peak})");
+    assert!(timeline.iter().all(|p| p.state.controller == "auto"));
+    // Two stream-limited directions at 2 streams would take 2 x 60 MiB / 8 MB/s = 15.7 s.
+    assert!(secs < 13.0, "steering made it faster than 2 fixed streams: {secs:.1} s");
 }

@@ -1,5 +1,9 @@
-//! The control loop between samples and transfer parameters. For now it holds the live
-//! [`window::Window`] (resizable concurrency permits) that controllers steer.
+//! The control loop between samples and transfer parameters: [`controller`] turns request
+//! samples into a window, [`window`] holds the live permits the engine takes, [`optimizer`]
+//! sizes parts so the window fits the memory budget, [`monitor`] keeps real-time rates and
+//! the timeline of decisions.
 
 pub mod controller;
+pub mod monitor;
+pub mod optimizer;
 pub mod window;

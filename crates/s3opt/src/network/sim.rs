@@ -221,11 +221,6 @@ impl Sim {
         &secs[(from as usize).min(secs.len())..(to as usize).min(secs.len())]
     }
 
-    /// The controller's state of flow `f`.
-    pub fn state(&self, f: usize) -> crate::adaptive::controller::ControllerState {
-        self.flows[f].ctl.state()
-    }
-
     /// Mean window of each second in `[from, to)`.
     pub fn windows(&self, f: usize, from: u64, to: u64) -> Vec<f64> {
         self.span(f, from, to).iter().filter(|s| s.steps > 0).map(|s| s.window_sum / s.steps as f64).collect()

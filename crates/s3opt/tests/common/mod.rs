@@ -19,6 +19,7 @@ pub fn config(server: &EmbeddedServer) -> ClientConfig {
         endpoint_url: Some(server.endpoint_url()),
         region: Some("us-east-1".into()),
         credentials: Some((server.config().access_key.clone(), server.config().secret_key.clone())),
+        controller: s3opt::ControllerKind::Fixed(4),
         concurrency: 4,
         part_size: 5 * MIB,
         memory_budget: 32 * MIB,
