@@ -77,11 +77,17 @@ async fn fetch_pooled(engine: &Engine, bucket: &str, key: &str, offset: u64, len
     Ok(buf)
 }
 
-/// Splits `[start, end)` into consecutive ranges of the live part size.
+/// Ranges are never cut smaller than this to spread a small object over the window.
+const MIN_RANGE: u64 = 1024 * 1024;
+
+/// Splits `[start, end)` into consecutive ranges of the live part size, or smaller (down
+/// to 1 MiB) when what is left would not otherwise keep the whole window busy.
 fn ranges(engine: &Engine, start: u64, end: u64) -> impl futures::Stream<Item = (u64, u64)> + '_ {
     futures::stream::unfold(start, move |off| async move {
         (off < end).then(|| {
-            let len = engine.part_size().min(end - off);
+            let left = end - off;
+            let spread = (left / engine.window.limit() as u64).max(MIN_RANGE);
+            let len = engine.part_size().min(spread).min(left);
             ((off, len), off + len)
         })
     })

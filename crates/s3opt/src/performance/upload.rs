@@ -53,14 +53,20 @@ pub struct PutResult {
 
 impl Engine {
     /// Size of part `number` (1-based) given what was sent so far. Starts from the live
-    /// part size; grows when needed so the object fits in 10,000 parts: planned from the
-    /// total when known, else doubling every 1,000 parts (enough for S3's 5 TiB limit).
+    /// part size; when the total is known and small, shrinks (to S3's 5 MiB minimum) so
+    /// the rest spreads over the whole window; grows when needed so the object fits in
+    /// 10,000 parts: planned from the total when known, else doubling every 1,000 parts
+    /// (enough for S3's 5 TiB limit).
     pub(crate) fn next_part_size(&self, number: u32, sent: u64, total: Option<u64>) -> u64 {
-        let floor = match total {
-            Some(total) => total.saturating_sub(sent).div_ceil(u64::from(MAX_PARTS - number.min(MAX_PARTS) + 1)),
-            None => MIN_PART_SIZE << ((number.saturating_sub(1)) / 1000).min(10),
+        let (floor, spread) = match total {
+            Some(total) => {
+                let left = total.saturating_sub(sent);
+                let floor = left.div_ceil(u64::from(MAX_PARTS - number.min(MAX_PARTS) + 1));
+                (floor, left / self.window.limit() as u64)
+            }
+            None => (MIN_PART_SIZE << ((number.saturating_sub(1)) / 1000).min(10), u64::MAX),
         };
-        self.clamp_part_size(self.part_size().max(floor))
+        self.clamp_part_size(self.part_size().min(spread.max(MIN_PART_SIZE)).max(floor))
     }
 }
 

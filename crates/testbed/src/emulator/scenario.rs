@@ -225,11 +225,14 @@ large_object_mib = 1024
     #[test]
     fn committed_scenarios_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scenarios");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
-        for e in entries.flatten() {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&dir).expect("bench/scenarios exists").flatten() {
             if e.path().extension().is_some_and(|x| x == "toml") {
-                Scenario::load(&e.path()).unwrap();
+                names.push(Scenario::load(&e.path()).unwrap().name);
             }
+        }
+        for required in ["lan", "wan", "lossy", "throttled", "shifting"] {
+            assert!(names.iter().any(|n| n == required), "scenario {required} missing from {names:?}");
         }
     }
 }
