@@ -27,6 +27,7 @@ use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
+use crate::network::rtt::RttEstimator;
 use crate::network::{Op, Sample};
 use crate::performance::buffer::BufferPool;
 use crate::performance::download::{self, GetResult};
@@ -62,6 +63,8 @@ struct Control {
     delivered: u64,
     delivered_time: Instant,
     monitor: Monitor,
+    /// Latency of data requests, for hedging.
+    rtt: RttEstimator,
 }
 
 /// A failed attempt: how it ended (for retry and controllers) and what to report.
@@ -166,6 +169,7 @@ impl OptimizedS3Client {
             delivered: 0,
             delivered_time: now,
             monitor: Monitor::new(now),
+            rtt: RttEstimator::default(),
         };
         let engine = Engine {
             s3,
@@ -402,7 +406,24 @@ impl Engine {
                 (c.delivered, c.delivered_time)
             };
             let started = Instant::now();
-            let result = attempt_fn().await;
+            let result = match self.hedge_after(windowed) {
+                None => attempt_fn().await,
+                Some(after) => {
+                    let first = attempt_fn();
+                    tokio::pin!(first);
+                    tokio::select! {
+                        r = &mut first => r,
+                        () = tokio::time::sleep(after) => {
+                            if self.take_hedge() {
+                                tracing::debug!(op = op.name(), ?after, "hedging a straggler");
+                                race(first, attempt_fn()).await
+                            } else {
+                                first.await
+                            }
+                        }
+                    }
+                }
+            };
             let finished = Instant::now();
             self.metrics.request_finished();
             drop(permit);
@@ -448,11 +469,29 @@ impl Engine {
         }
     }
 
+    /// How long a data request may run before a duplicate is sent (`None`: no hedging yet,
+    /// too few samples, or not a data request). A straggler is a request past both twice
+    /// the smoothed latency and the RFC 6298 timeout.
+    fn hedge_after(&self, windowed: bool) -> Option<std::time::Duration> {
+        if !windowed || self.metrics.data_requests() < 20 {
+            return None;
+        }
+        let c = self.control.lock().expect("control lock");
+        let srtt = c.rtt.srtt()?;
+        Some((srtt * 2).max(c.rtt.rto()))
+    }
+
+    /// Takes one hedge from the budget (5% of data requests).
+    fn take_hedge(&self) -> bool {
+        self.metrics.try_take_hedge(HEDGE_BUDGET)
+    }
+
     /// Feeds a data request's sample to the controller and applies its answer: the window
     /// (permits) and, unless fixed, the part size that fits that window in memory.
     fn steer(&self, sample: &mut Sample) {
         let mut c = self.control.lock().expect("control lock");
         if sample.outcome == Outcome::Ok {
+            c.rtt.on_sample(sample.finished, sample.bytes, sample.latency(), sample.retransmit);
             c.delivered += sample.bytes;
             c.delivered_time = sample.finished;
             c.monitor.on_completion(sample.finished, sample.bytes);
@@ -593,6 +632,24 @@ impl Engine {
         })
         .await
         .map(|_| ())
+    }
+}
+
+/// Hedged requests may be at most this fraction of data requests.
+const HEDGE_BUDGET: f64 = 0.05;
+
+/// Runs a straggler and its duplicate; the first success wins (the other is cancelled),
+/// and a failure waits for the other.
+async fn race<T, A, B>(first: A, second: B) -> Result<T, Failure>
+where
+    A: std::future::Future<Output = Result<T, Failure>> + Unpin,
+    B: std::future::Future<Output = Result<T, Failure>>,
+{
+    tokio::pin!(second);
+    match futures::future::select(first, second).await {
+        futures::future::Either::Left((Ok(v), _)) | futures::future::Either::Right((Ok(v), _)) => Ok(v),
+        futures::future::Either::Left((Err(_), other)) => other.await,
+        futures::future::Either::Right((Err(_), other)) => other.await,
     }
 }
 

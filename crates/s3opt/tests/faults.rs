@@ -91,3 +91,29 @@ async fn the_auto_controller_opens_the_window_on_a_path_with_a_per_connection_ca
     // Two stream-limited directions at 2 streams would take 2 x 60 MiB / 8 MB/s = 15.7 s.
     assert!(secs < 13.0, "steering made it faster than 2 fixed streams: {secs:.1} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_are_hedged_within_a_five_percent_budget() {
+    // Stalls of 5 s start 2 s in, after a warm-up that teaches the client normal latency.
+    let scenario = "[faults]\nstall_secs = 5.0\n[[schedule]]\nat_secs = 2.0\nstall_rate = 0.1";
+    let (_d, server, emu, client) = via_emulator(scenario).await;
+    let _ = &server;
+    client.put_object(BUCKET, "small", &data(64 * 1024, 3)[..], PutOptions::default()).await.unwrap();
+    for _ in 0..30 {
+        client.get_range(BUCKET, "small", 0, 4096).await.unwrap();
+    }
+    tokio::time::sleep_until((std::time::Instant::now() + std::time::Duration::from_secs(2)).into()).await;
+    let stalls_before = emu.report().totals.stalls_injected;
+    let started = std::time::Instant::now();
+    for i in 0..60u64 {
+        let got = client.get_range(BUCKET, "small", i * 100, 100).await.unwrap();
+        assert_eq!(got.len(), 100);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stalls = emu.report().totals.stalls_injected - stalls_before;
+    let m = client.metrics();
+    assert!(stalls > 0, "the scenario stalled some requests");
+    assert!(m.hedges >= 1, "stragglers were hedged");
+    assert!(m.hedges as f64 <= 0.05 * m.requests_by_op["GetObject"] as f64 + 1.0, "{} hedges", m.hedges);
+    assert!(elapsed < stalls as f64 * 5.0, "{elapsed:.1} s for {stalls} stalls of 5 s: hedging saved time");
+}

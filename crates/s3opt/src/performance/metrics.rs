@@ -50,6 +50,8 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    data_requests: AtomicU64,
+    hedges: AtomicU64,
     concurrency: AtomicU64,
     part_size: AtomicU64,
 }
@@ -74,6 +76,8 @@ impl Metrics {
             latency_sum_us: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             peak_in_flight: AtomicU64::new(0),
+            data_requests: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
             concurrency: AtomicU64::new(0),
             part_size: AtomicU64::new(0),
         }
@@ -86,6 +90,9 @@ impl Metrics {
         self.by_outcome[s.outcome as usize].fetch_add(1, Relaxed);
         if s.retransmit {
             self.retries.fetch_add(1, Relaxed);
+        }
+        if matches!(s.op, Op::PutObject | Op::UploadPart | Op::GetObject) {
+            self.data_requests.fetch_add(1, Relaxed);
         }
         if s.outcome == Outcome::Ok {
             let counter = match s.op {
@@ -106,6 +113,17 @@ impl Metrics {
     /// Payload bytes received so far.
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received.load(Relaxed)
+    }
+
+    /// Data requests (PUT, UploadPart, GET) recorded so far.
+    pub(crate) fn data_requests(&self) -> u64 {
+        self.data_requests.load(Relaxed)
+    }
+
+    /// Counts one hedge if hedges stay within `budget` of data requests.
+    pub(crate) fn try_take_hedge(&self, budget: f64) -> bool {
+        let allowed = (self.data_requests() as f64 * budget).floor() as u64;
+        self.hedges.fetch_update(Relaxed, Relaxed, |h| (h < allowed).then_some(h + 1)).is_ok()
     }
 
     /// Counts received bytes whose size was unknown when the request was recorded.
@@ -175,6 +193,7 @@ impl Metrics {
             },
             in_flight: self.in_flight.load(Relaxed),
             peak_in_flight: self.peak_in_flight.load(Relaxed),
+            hedges: self.hedges.load(Relaxed),
             concurrency: self.concurrency.load(Relaxed),
             part_size: self.part_size.load(Relaxed),
         }
@@ -208,6 +227,8 @@ pub struct MetricsSnapshot {
     pub in_flight: u64,
     /// Most requests in flight at once so far.
     pub peak_in_flight: u64,
+    /// Stragglers re-issued (first response wins), at most 5% of data requests.
+    pub hedges: u64,
     pub concurrency: u64,
     pub part_size: u64,
 }
