@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Full-size runs of cargoship's default (auto) controller through the emulator.
+
+For each scenario: `cargoship serve` on /dev/shm, `cargoship emulate` in front, a large
+object (the scenario's large_object_mib) uploaded and downloaded with `cargoship --json`.
+Reports throughput over the whole transfer and over its first 10 s (from the emulator's
+per-second byte counts) as a fraction of the bottleneck, peak RSS, retries, hedges, 503s,
+and the controller's window range, and verifies the download byte for byte.
+
+Usage: bench/controller.py [SCENARIO ...]   (default: wan lossy shifting)
+Writes bench/results/controller.md.
+"""
+import hashlib, json, os, signal, socket, subprocess, sys, time, tomllib, urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target/release/cargoship"
+WORK = Path("/dev/shm/cargoship-controller")
+ENV = dict(os.environ, AWS_ACCESS_KEY_ID="cargoship", AWS_SECRET_ACCESS_KEY="cargoship-secret", AWS_REGION="us-east-1")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def blake(path):
+    h = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def emu(url, path, post=False):
+    req = urllib.request.Request(url + path, method="POST" if post else "GET")
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def timed(cmd):
+    t = WORK / "time.txt"
+    out = subprocess.run(["/usr/bin/time", "-v", "-o", str(t), *cmd], env=ENV, capture_output=True, text=True, check=True)
+    rss = next(int(l.split()[-1]) for l in t.read_text().splitlines() if "Maximum resident" in l) / 1024
+    return json.loads(out.stdout), rss
+
+
+def run_scenario(name):
+    scen = tomllib.loads((ROOT / f"bench/scenarios/{name}.toml").read_text())
+    size = scen["bench"]["large_object_mib"] << 20
+    bottleneck = scen["link"].get("bottleneck_up_mbps", 0) or None
+    src = WORK / f"src-{size >> 20}.bin"
+    if not src.exists():
+        with open(src, "wb") as f:
+            f.write(os.urandom(size))
+    src_hash = blake(src)
+    store = WORK / "store"
+    subprocess.run(["rm", "-rf", str(store)], check=True)
+    sp, ep = free_port(), free_port()
+    server = subprocess.Popen([BIN, "serve", "--root", store, "--addr", f"127.0.0.1:{sp}", "--bucket", "bench"], stderr=subprocess.DEVNULL)
+    emulator = subprocess.Popen([BIN, "emulate", "--scenario", ROOT / f"bench/scenarios/{name}.toml", "--listen", f"127.0.0.1:{ep}", "--upstream", f"http://127.0.0.1:{sp}"], stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    url = f"http://127.0.0.1:{ep}"
+    rows = []
+    try:
+        for direction, cmd, key in [
+            ("up", [BIN, "--json", "-q", "--endpoint-url", url, "put", src, "s3://bench/obj"], "bytes_up"),
+            ("down", [BIN, "--json", "-q", "--endpoint-url", url, "get", "s3://bench/obj", WORK / "out.bin"], "bytes_down"),
+        ]:
+            emu(url, "/__emulator/reset", post=True)
+            summary, rss = timed([str(c) for c in cmd])
+            stats = emu(url, "/__emulator/stats")
+            first10 = sum(s[key] for s in stats["per_second"][:10]) / 10 / 1e6
+            windows = [p["window"] for p in summary["timeline"]] or [0]
+            verified = "yes" if direction == "up" or blake(WORK / "out.bin") == src_hash else "NO"
+            rows.append(dict(
+                scenario=name, direction=direction, mib=size >> 20, seconds=summary["seconds"], mbps=summary["mb_per_s"],
+                pct=(summary["mb_per_s"] / bottleneck * 100) if bottleneck else None,
+                first10_pct=(first10 / bottleneck * 100) if bottleneck else None,
+                rss=rss, retries=summary["retries"], hedges=summary["metrics"]["hedges"],
+                s503=stats["status_503"], resets=stats["resets_injected"], stalls=stalls_of(stats),
+                wmin=min(windows), wmax=max(windows), wlast=windows[-1], part=summary["metrics"]["part_size"] >> 20,
+                verified=verified))
+            (ROOT / f"bench/results/controller-{name}-{direction}.json").write_text(json.dumps(summary["timeline"]))
+    finally:
+        for p in (emulator, server):
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+    return rows
+
+
+def stalls_of(stats):
+    return stats.get("stalls_injected", 0)
+
+
+def fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def main():
+    names = sys.argv[1:] or ["wan", "lossy", "shifting"]
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "cargoship"], cwd=ROOT, check=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = [r for n in names for r in run_scenario(n)]
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# cargoship's auto controller, full-size objects", "",
+        f"`bench/controller.py {' '.join(names)}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git {rev}, "
+        f"{os.cpu_count()} cores. Default settings (auto controller, 256 MiB budget). % is of the scenario's bottleneck; "
+        "first 10 s is from the emulator's per-second byte counts.", "",
+        "| scenario | dir | MiB | s | MB/s | % bottleneck | % in first 10 s | peak RSS MiB | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['direction']} | {r['mib']} | {r['seconds']:.1f} | {r['mbps']:.1f} | {fmt(r['pct'], '.0f')} | "
+            f"{fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
+            f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |")
+    out = ROOT / "bench/results/controller.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+    if any(r["verified"] != "yes" for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
