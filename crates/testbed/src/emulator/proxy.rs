@@ -137,7 +137,7 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
             _ => s3_error(StatusCode::NOT_FOUND, "NoSuchEmulatorCommand", "try /__emulator/stats or /__emulator/reset"),
         });
     }
-    shared.stats.record(Event::Request);
+    let number = shared.stats.next_request();
     let p = shared.params();
     let (half_rtt, jitter) = {
         let mut rng = rand::rng();
@@ -157,7 +157,7 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     let (error, fault, corrupt, at_fraction) = {
         let mut rng = rand::rng();
         let error = rng.random::<f64>() < p.faults.error_rate;
-        let fault = if rng.random::<f64>() < p.faults.reset_rate {
+        let fault = if number < p.faults.reset_first || rng.random::<f64>() < p.faults.reset_rate {
             Some(Fault::Reset)
         } else if rng.random::<f64>() < p.faults.stall_rate {
             Some(Fault::Stall(p.faults.stall_secs))

@@ -69,6 +69,9 @@ pub struct Faults {
     /// Also corrupt the first N request bodies after (re)start, deterministically (tests).
     #[serde(default)]
     pub corrupt_first: u64,
+    /// Also reset the first N requests after (re)start, deterministically (tests).
+    #[serde(default)]
+    pub reset_first: u64,
 }
 
 fn default_stall_secs() -> f64 {
@@ -84,6 +87,7 @@ impl Default for Faults {
             error_rate: 0.0,
             corrupt_rate: 0.0,
             corrupt_first: 0,
+            reset_first: 0,
         }
     }
 }

@@ -93,6 +93,12 @@ impl Stats {
         g.started
     }
 
+    /// Records a request and returns its number since the last reset (0, 1, 2, ...).
+    pub fn next_request(&self) -> u64 {
+        self.record(Event::Request);
+        self.inner.lock().expect("stats lock").totals.requests - 1
+    }
+
     /// Numbers request bodies since the last reset (0, 1, 2, ...).
     pub fn take_upload_number(&self) -> u64 {
         let mut g = self.inner.lock().expect("stats lock");
