@@ -93,6 +93,12 @@ async fn missing_objects_and_buckets_are_named() {
     assert!(matches!(err, Error::NoSuchKey { ref key, .. } if key == "nope"), "{err:?}");
     let err = env.client.get_range(BUCKET, "nope", 0, 10).await.unwrap_err();
     assert!(matches!(err, Error::NoSuchKey { .. }), "{err:?}");
+    // A prefix of other keys is not an object either.
+    env.client.put_object(BUCKET, "dir/inner", &b"x"[..], PutOptions::default()).await.unwrap();
+    let err = env.client.head(BUCKET, "dir").await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchKey { .. }), "{err:?}");
+    let err = env.client.get_range(BUCKET, "dir", 0, 1).await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchKey { .. }), "{err:?}");
     let err = env.client.get_object("no-such-bucket", "k", Vec::new()).await.unwrap_err();
     assert!(matches!(err, Error::NoSuchBucket { ref bucket } if bucket == "no-such-bucket"), "{err:?}");
     let err = env.client.put_object("no-such-bucket", "k", &b"x"[..], PutOptions::default()).await.unwrap_err();

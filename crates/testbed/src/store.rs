@@ -128,6 +128,9 @@ impl S3 for Store {
             return Err(s3_error!(NoSuchBucket));
         }
         let path = self.object_path(&req.input.bucket, &req.input.key);
+        if path.is_dir() {
+            return Err(s3_error!(NoSuchKey));
+        }
         let mut resp = self.fs.get_object(req).await?;
         // s3s-fs streams in 4 KiB reads; serve the same bytes in large reads instead.
         let out = &mut resp.output;
@@ -150,6 +153,11 @@ impl S3 for Store {
         self.fs.head_bucket(req).await
     }
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        // A key that is a directory on disk (the parent of other keys) is no object: s3s-fs
+        // answers 500 for it, S3 answers 404.
+        if self.object_path(&req.input.bucket, &req.input.key).is_dir() {
+            return Err(s3_error!(NoSuchKey));
+        }
         self.fs.head_object(req).await
     }
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
