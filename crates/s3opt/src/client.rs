@@ -158,7 +158,9 @@ impl OptimizedS3Client {
     /// Wraps an SDK client built elsewhere.
     pub fn from_sdk(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String) -> Self {
         let metrics = Metrics::new();
-        let controller = cfg.controller.build(cfg.concurrency, cfg.max_concurrency);
+        // More requests than the memory budget can hold parts for would only queue on the pool.
+        let max = cfg.max_concurrency.min((cfg.memory_budget / MIN_PART_SIZE).max(1) as usize);
+        let controller = cfg.controller.build(cfg.concurrency.min(max), max);
         let initial = controller.window();
         metrics.set_concurrency(initial);
         metrics.set_part_size(cfg.part_size);
