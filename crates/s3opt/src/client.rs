@@ -58,7 +58,8 @@ pub(crate) struct Engine {
 /// The control loop's state.
 struct Control {
     controller: Box<dyn Controller>,
-    /// Part size chosen by the optimizer (`None` with a fixed controller: the configured size).
+    /// Whether the optimizer picks the part size (not with a fixed controller, which keeps
+    /// the configured size).
     adaptive_parts: bool,
     delivered: u64,
     delivered_time: Instant,

@@ -62,7 +62,6 @@ pub struct Bbr {
     filled: bool,
     mode_round: u64,
     cycle: usize,
-    cycle_start: Option<Instant>,
     request_bytes: f64,
     /// ProbeRTT: when it began, and the least latency of requests started since.
     probe_rtt: Option<(Instant, Option<f64>)>,
@@ -87,7 +86,6 @@ impl Bbr {
             filled: false,
             mode_round: 0,
             cycle: 0,
-            cycle_start: None,
             request_bytes: 0.0,
             probe_rtt: None,
             probe_start_bw: 0.0,
@@ -109,11 +107,6 @@ impl Bbr {
         self.min_rtt.map(|(_, v)| Duration::from_secs_f64(v))
     }
 
-    /// Rounds counted so far.
-    pub fn round(&self) -> u64 {
-        self.round
-    }
-
     fn gain(&self) -> f64 {
         match self.mode {
             Mode::Startup => STARTUP_GAIN,
@@ -127,26 +120,23 @@ impl Bbr {
 
     /// The window the model asks for (requests in flight, fractional).
     pub fn window(&self) -> f64 {
-        let (Some(min_rtt), bw) = (self.min_rtt, self.bandwidth()) else {
+        let Some(bdp) = self.bdp_window() else {
             return self.initial;
         };
-        if bw <= 0.0 || self.request_bytes <= 0.0 {
-            return self.initial;
-        }
-        let bdp = super::bdp::window_for(bw, Duration::from_secs_f64(min_rtt.1), self.request_bytes as u64);
         let w = self.gain() * bdp;
         // Startup never shrinks below where it started.
         let w = if self.mode == Mode::Startup { w.max(self.initial) } else { w };
         w.clamp(1.0, self.max_window)
     }
 
-    /// The steady-state window (gain 1): bandwidth x min latency / request size.
-    pub fn bdp_window(&self) -> f64 {
+    /// The steady-state window (gain 1): bandwidth x min latency / request size; `None`
+    /// until a request has completed.
+    pub fn bdp_window(&self) -> Option<f64> {
         match (self.min_rtt, self.bandwidth()) {
             (Some((_, rtt)), bw) if bw > 0.0 && self.request_bytes > 0.0 => {
-                super::bdp::window_for(bw, Duration::from_secs_f64(rtt), self.request_bytes as u64)
+                Some(super::bdp::window_for(bw, Duration::from_secs_f64(rtt), self.request_bytes as u64))
             }
-            _ => self.initial,
+            _ => None,
         }
     }
 
@@ -218,7 +208,6 @@ impl Bbr {
         self.mode_round = self.round;
         if mode == Mode::ProbeBw {
             self.cycle = 0;
-            self.cycle_start = Some(now);
             self.probe_start_bw = self.bandwidth();
         }
         if mode == Mode::ProbeRtt {
@@ -240,7 +229,6 @@ impl Bbr {
                         return;
                     }
                     self.cycle = (self.cycle + 1) % CYCLE.len();
-                    self.cycle_start = Some(now);
                     if self.cycle == 0 {
                         self.probe_start_bw = self.bandwidth();
                     }

@@ -70,11 +70,6 @@ impl RttEstimator {
         self.mins.front().map(|&(_, v)| Duration::from_secs_f64(v))
     }
 
-    /// Forgets the windowed minimum (ProbeRTT re-measures it).
-    pub fn expire_min(&mut self) {
-        self.mins.clear();
-    }
-
     /// Fit of `latency = fixed + bytes / rate` over recent requests: `(fixed seconds,
     /// bytes per second)`. `None` until requests of at least two sizes were seen.
     pub fn size_fit(&self) -> Option<(f64, f64)> {

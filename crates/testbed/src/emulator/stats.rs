@@ -95,8 +95,9 @@ impl Stats {
 
     /// Records a request and returns its number since the last reset (0, 1, 2, ...).
     pub fn next_request(&self) -> u64 {
-        self.record(Event::Request);
-        self.inner.lock().expect("stats lock").totals.requests - 1
+        let mut g = self.inner.lock().expect("stats lock");
+        Self::count(&mut g, Event::Request);
+        g.totals.requests - 1
     }
 
     /// Numbers request bodies since the last reset (0, 1, 2, ...).
@@ -112,13 +113,16 @@ impl Stats {
     }
 
     pub fn record(&self, e: Event) {
-        let mut g = self.inner.lock().expect("stats lock");
+        Self::count(&mut self.inner.lock().expect("stats lock"), e);
+    }
+
+    fn count(g: &mut Inner, e: Event) {
         let t = g.started.elapsed().as_secs();
         while g.per_second.len() as u64 <= t {
             let next = g.per_second.len() as u64;
             g.per_second.push(Second { t: next, ..Second::default() });
         }
-        let Inner { totals, per_second, .. } = &mut *g;
+        let Inner { totals, per_second, .. } = g;
         let sec = &mut per_second[t as usize];
         match e {
             Event::Request => {
