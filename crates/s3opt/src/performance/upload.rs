@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
@@ -34,6 +36,10 @@ pub struct PutOptions {
     pub metadata: HashMap<String, String>,
     /// Storage class (`STANDARD`, `GLACIER`, ...).
     pub storage_class: Option<String>,
+    /// Server-side encryption (`AES256`, `aws:kms`).
+    pub sse: Option<String>,
+    /// KMS key for `aws:kms` server-side encryption.
+    pub sse_kms_key_id: Option<String>,
 }
 
 /// What an upload did.
@@ -113,6 +119,8 @@ where
                 .set_content_type(o.content_type.clone())
                 .set_metadata(Some(o.metadata.clone()).filter(|m| !m.is_empty()))
                 .set_storage_class(o.storage_class.as_deref().map(StorageClass::from))
+                .set_server_side_encryption(o.sse.as_deref().map(ServerSideEncryption::from))
+                .set_ssekms_key_id(o.sse_kms_key_id.clone())
                 .send()
                 .await
                 .map_err(|e| engine.sdk_failure(e))
@@ -166,6 +174,8 @@ async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, o
                 .set_content_type(opts.content_type.clone())
                 .set_metadata(Some(opts.metadata.clone()).filter(|m| !m.is_empty()))
                 .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+                .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
+                .set_ssekms_key_id(opts.sse_kms_key_id.clone())
                 // Integrity is the CRC64NVME's job; hashing every byte again for SigV4 would
                 // double the client's CPU per byte.
                 .customize()
