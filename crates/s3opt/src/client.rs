@@ -29,9 +29,11 @@ use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
 use crate::network::rtt::RttEstimator;
 use crate::network::{Op, Sample};
+use crate::performance::block_cache::{BLOCK_SIZE, BlockCache, CacheStats};
 use crate::performance::buffer::BufferPool;
 use crate::performance::download::{self, GetResult};
 use crate::performance::metrics::{Metrics, MetricsSnapshot};
+use crate::performance::reader::ObjectReader;
 use crate::performance::upload::{self, PutOptions, PutResult};
 
 /// The optimized client. Cheap to clone; clones share the window, pool and metrics.
@@ -48,6 +50,8 @@ pub(crate) struct Engine {
     pub(crate) window: Window,
     pub(crate) pool: BufferPool,
     pub(crate) metrics: Metrics,
+    /// Blocks read through [`ObjectReader`]s, shared by all of them.
+    pub(crate) block_cache: BlockCache,
     part_size: AtomicU64,
     /// Controller, delivery accounting and monitor, updated on every data request.
     control: std::sync::Mutex<Control>,
@@ -179,6 +183,7 @@ impl OptimizedS3Client {
             control: std::sync::Mutex::new(control),
             window: Window::new(initial),
             pool: BufferPool::new(cfg.memory_budget),
+            block_cache: BlockCache::new(cfg.memory_budget / 2, BLOCK_SIZE),
             part_size: AtomicU64::new(cfg.part_size),
             metrics,
             endpoint,
@@ -295,6 +300,25 @@ impl OptimizedS3Client {
     /// one ranged GET of exactly that size; longer reads are split into parallel GETs.
     pub async fn get_range(&self, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
         download::get_range(&self.engine, bucket, key, offset, len).await
+    }
+
+    /// A reader of `bucket/key` (of `size` bytes, from a HEAD or a listing) for many small
+    /// reads at any offsets, as a filesystem makes them: the first read costs one small GET,
+    /// sequential reads are prefetched with a growing window, and blocks are kept in a cache
+    /// shared by all readers of this client (half the memory budget).
+    pub fn reader(&self, bucket: &str, key: &str, size: u64) -> ObjectReader {
+        ObjectReader::new(self, bucket, key, size, None)
+    }
+
+    /// Like [`OptimizedS3Client::reader`], with the object's ETag so that cached blocks of
+    /// an older version of the object are never served.
+    pub fn reader_with_etag(&self, bucket: &str, key: &str, size: u64, e_tag: &str) -> ObjectReader {
+        ObjectReader::new(self, bucket, key, size, Some(e_tag))
+    }
+
+    /// Hits, misses and size of the readers' shared block cache.
+    pub fn read_cache_stats(&self) -> CacheStats {
+        self.engine.block_cache.stats()
     }
 
     /// HEAD: size, ETag, stored checksum, user metadata.

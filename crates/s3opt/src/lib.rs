@@ -38,6 +38,8 @@ pub use adaptive::monitor::TimelinePoint;
 pub use client::{ListEntry, Listing, MultipartUploadInfo, ObjectInfo, OptimizedS3Client};
 pub use config::ClientConfig;
 pub use error::{Error, Result};
+pub use performance::block_cache::CacheStats;
 pub use performance::download::GetResult;
 pub use performance::metrics::MetricsSnapshot;
+pub use performance::reader::{ObjectReader, ReaderStats};
 pub use performance::upload::{PutOptions, PutResult};

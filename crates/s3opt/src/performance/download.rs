@@ -197,6 +197,15 @@ pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, off
     Ok(out.freeze())
 }
 
+/// Exactly one ranged GET of `len` (> 0) bytes at `offset`, whatever the part size: the
+/// reader sizes its own ranges and must not trigger a HEAD or a split.
+pub(crate) async fn get_exact(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+    match fetch(engine, bucket, key, offset, len, BytesMut::new()).await {
+        Ok(buf) => Ok(buf.freeze()),
+        Err(err) => Err(range_error(engine, bucket, key, offset, err).await),
+    }
+}
+
 /// Turns S3's `InvalidRange` into an error that says how long the object is.
 async fn range_error(engine: &Engine, bucket: &str, key: &str, offset: u64, err: Error) -> Error {
     match err {
