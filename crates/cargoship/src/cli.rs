@@ -24,6 +24,7 @@ Examples:
   cargoship get s3://my-bucket/data/data.bin ./copy.bin
   cargoship get s3://my-bucket/data/data.bin head.bin --range 0:4096
   cargoship ls s3://my-bucket/data/
+  cargoship mount s3://my-bucket/data ./mnt
   cargoship serve --root /srv/s3 --addr 127.0.0.1:9000
   cargoship emulate --scenario bench/scenarios/wan.toml --upstream http://127.0.0.1:9000";
 
@@ -84,6 +85,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the WAN/fault emulator: a proxy that imposes a scenario between clients and S3.
     Emulate(EmulateArgs),
+    /// Mount s3://bucket/prefix read-only on a directory (FUSE), until Ctrl-C or unmount.
+    Mount(crate::mount::MountArgs),
+    /// Unmount a `cargoship mount`.
+    Unmount(crate::mount::UnmountArgs),
 }
 
 #[derive(Debug, Args)]

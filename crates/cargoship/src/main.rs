@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod mount;
 mod progress;
 mod s3url;
 mod setup;
@@ -32,6 +33,8 @@ async fn main() {
         Command::Ls(a) => commands::ls(&cli.global, a).await,
         Command::Serve(a) => commands::serve(a).await,
         Command::Emulate(a) => commands::emulate(a).await,
+        Command::Mount(a) => mount::run(&cli.global, a).await,
+        Command::Unmount(a) => mount::unmount(a).await,
     };
     if let Err(err) = result {
         eprintln!("cargoship: error: {}", exit::one_line(&err));

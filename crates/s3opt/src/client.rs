@@ -310,10 +310,11 @@ impl OptimizedS3Client {
         ObjectReader::new(self, bucket, key, size, None)
     }
 
-    /// Like [`OptimizedS3Client::reader`], with the object's ETag so that cached blocks of
-    /// an older version of the object are never served.
-    pub fn reader_with_etag(&self, bucket: &str, key: &str, size: u64, e_tag: &str) -> ObjectReader {
-        ObjectReader::new(self, bucket, key, size, Some(e_tag))
+    /// Like [`OptimizedS3Client::reader`], with a version tag (the ETag, or anything else
+    /// that changes when the object does, such as its last-modified time) so that cached
+    /// blocks of an older version of the object are never served.
+    pub fn reader_with_version(&self, bucket: &str, key: &str, size: u64, version: &str) -> ObjectReader {
+        ObjectReader::new(self, bucket, key, size, Some(version))
     }
 
     /// Hits, misses and size of the readers' shared block cache.

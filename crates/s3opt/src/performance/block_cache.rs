@@ -2,9 +2,10 @@
 //! client shares: fixed-size, aligned blocks of object data, bounded in bytes, least
 //! recently used evicted first, with hit/miss counters read from real lookups.
 //!
-//! Blocks are keyed by an object identity (bucket, key, size and ETag when known, so a
-//! rewritten object never serves stale blocks) and a block index. Bytes of prefetches in
-//! flight are reserved here too, so cached plus in-flight read data stays within one bound.
+//! Blocks are keyed by an object identity (bucket, key, size and, when known, a version tag
+//! such as the ETag, so a rewritten object never serves stale blocks) and a block index.
+//! Bytes of prefetches in flight are reserved here too, so cached plus in-flight read data
+//! stays within one bound.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,9 +22,9 @@ pub const BLOCK_SIZE: u64 = 64 * 1024;
 pub struct ObjectId(Arc<str>);
 
 impl ObjectId {
-    /// Identity of `bucket/key` with `size` bytes and, if known, its ETag.
-    pub fn new(bucket: &str, key: &str, size: u64, e_tag: Option<&str>) -> Self {
-        Self(format!("{bucket}\0{key}\0{size}\0{}", e_tag.unwrap_or_default()).into())
+    /// Identity of `bucket/key` with `size` bytes and, if known, a version tag (ETag).
+    pub fn new(bucket: &str, key: &str, size: u64, version: Option<&str>) -> Self {
+        Self(format!("{bucket}\0{key}\0{size}\0{}", version.unwrap_or_default()).into())
     }
 }
 

@@ -206,7 +206,7 @@ impl std::fmt::Debug for ObjectReader {
 }
 
 impl ObjectReader {
-    pub(crate) fn new(client: &OptimizedS3Client, bucket: &str, key: &str, size: u64, e_tag: Option<&str>) -> Self {
+    pub(crate) fn new(client: &OptimizedS3Client, bucket: &str, key: &str, size: u64, version: Option<&str>) -> Self {
         let engine = client.engine.clone();
         let cache = &engine.block_cache;
         let cfg = ReadAheadConfig {
@@ -215,7 +215,7 @@ impl ObjectReader {
             ..ReadAheadConfig::default()
         };
         Self {
-            object: ObjectId::new(bucket, key, size, e_tag),
+            object: ObjectId::new(bucket, key, size, version),
             bucket: bucket.into(),
             key: key.into(),
             size,
