@@ -28,7 +28,7 @@ async fn a_first_small_read_is_one_small_get() {
     assert_eq!(&got[..], &src[off as usize..(off + 4 * KIB) as usize]);
     let after = env.client.metrics();
     assert_eq!(gets(&env), before.requests_by_op.get("GetObject").copied().unwrap_or(0) + 1, "one GET");
-    assert_eq!(after.bytes_received - before.bytes_received, 64 * KIB, "one 64 KiB block, not a part");
+    assert_eq!(after.bytes_received - before.bytes_received, 16 * KIB, "one 16 KiB block, not a part");
     assert_eq!(after.requests - before.requests, 1, "no HEAD either");
 }
 
@@ -54,7 +54,7 @@ async fn sequential_reads_are_prefetched_with_a_growing_window_and_fetched_once(
     let stats = r.stats();
     assert_eq!(stats.reads, size.div_ceil(128 * KIB));
     assert!(stats.prefetch_requests >= 4, "{stats:?}");
-    assert!(stats.demand_requests <= 2, "after the first reads everything was prefetched: {stats:?}");
+    assert!(stats.demand_requests <= 3, "after the first reads everything was prefetched: {stats:?}");
     assert!(max_window >= 8 * MIB, "window grew: {max_window}");
     assert_eq!(env.client.metrics().bytes_received - before, size, "every byte fetched exactly once");
     assert!(gets(&env) < stats.reads / 8, "{} GETs for {} reads", gets(&env), stats.reads);
@@ -103,7 +103,8 @@ async fn readers_share_the_block_cache() {
     assert_eq!(&second[..], &first[10..10 + 100 * KIB as usize]);
     assert_eq!(gets(&env), gets_after_a, "served from the cache");
     let stats = env.client.read_cache_stats();
-    assert_eq!(stats.hits - hits_before, 2, "two blocks hit: {stats:?}");
+    // [1 MiB + 10, 1 MiB + 10 + 100 KiB) touches 7 blocks of 16 KiB.
+    assert_eq!(stats.hits - hits_before, 7, "seven blocks hit: {stats:?}");
     assert!(stats.bytes <= stats.capacity);
 }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 /// Size of a cache block: the smallest GET a reader makes (less at the object's end).
-pub const BLOCK_SIZE: u64 = 64 * 1024;
+pub const BLOCK_SIZE: u64 = 16 * 1024;
 
 /// Which object a block belongs to: bucket, key, size and version tag (ETag), joined.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -5,7 +5,8 @@
 //! [`ReadAhead`] is the pure policy: it classifies each read as first, sequential (within a
 //! small forward or backward jump of the last one) or random, and says which ranges to fetch
 //! ahead. The first read of a handle fetches only the blocks it touches (a 4 KiB read is one
-//! 64 KiB GET); while reads stay sequential the read-ahead window doubles, up to a cap set
+//! 16 KiB GET); once a sequential run spans 256 KiB, prefetching starts, and while reads
+//! stay sequential the read-ahead window doubles, up to a cap set
 //! by the cache (half of it), and is cut into ranges sized from the client's live
 //! concurrency and part size so they run in parallel; a random read resets the window.
 //! [`ObjectReader`] does the I/O: every GET goes through the client's engine (window slot,
@@ -57,6 +58,9 @@ pub struct ReadAheadConfig {
     /// A backward jump of up to this much (reordered or re-read data) still counts as
     /// sequential. Default 1 MiB.
     pub backward_tolerance: u64,
+    /// A run of sequential reads is prefetched only once it spans this much, so a single
+    /// read that the kernel splits in two does not start a prefetch. Default 256 KiB.
+    pub trigger: u64,
 }
 
 impl Default for ReadAheadConfig {
@@ -67,6 +71,7 @@ impl Default for ReadAheadConfig {
             max_window: 64 * MIB,
             forward_tolerance: MIB,
             backward_tolerance: MIB,
+            trigger: 256 * 1024,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct ReadAhead {
     cfg: ReadAheadConfig,
     /// End of the furthest read of the current sequential run.
     last_end: Option<u64>,
+    /// Where the current run started.
+    run_start: u64,
     /// Current window; 0 until reads turn out sequential.
     window: u64,
     /// Everything before this offset has been fetched or asked for.
@@ -93,7 +100,7 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     pub fn new(cfg: ReadAheadConfig) -> Self {
-        Self { cfg, last_end: None, window: 0, ahead_end: 0 }
+        Self { cfg, last_end: None, run_start: 0, window: 0, ahead_end: 0 }
     }
 
     /// Current read-ahead window in bytes (0: no prefetching).
@@ -124,11 +131,16 @@ impl ReadAhead {
         if access != Access::Sequential {
             self.window = 0;
             self.last_end = Some(end);
+            self.run_start = offset;
             self.ahead_end = demand_end;
             return Plan { access, prefetch: Vec::new() };
         }
         let last = self.last_end.unwrap_or(end).max(end);
         self.last_end = Some(last);
+        if last.saturating_sub(self.run_start) < self.cfg.trigger {
+            self.ahead_end = self.ahead_end.max(demand_end);
+            return Plan { access, prefetch: Vec::new() };
+        }
         if self.window == 0 {
             self.window = self.cfg.initial_window.min(self.cfg.max_window);
         }
@@ -440,6 +452,15 @@ mod tests {
 
     fn policy() -> ReadAhead {
         ReadAhead::new(ReadAheadConfig { max_window: 16 * MIB, ..ReadAheadConfig::default() })
+    }
+
+    #[test]
+    fn a_read_split_in_two_does_not_start_a_prefetch() {
+        let mut p = policy();
+        assert!(p.on_read(5 * MIB + 100, 124 * KIB, SIZE, MIB).prefetch.is_empty());
+        let second = p.on_read(5 * MIB + 100 + 124 * KIB, 4 * KIB, SIZE, MIB);
+        assert_eq!(second, Plan { access: Access::Sequential, prefetch: vec![] });
+        assert_eq!(p.window(), 0);
     }
 
     #[test]
