@@ -40,4 +40,4 @@ pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use performance::download::GetResult;
 pub use performance::metrics::MetricsSnapshot;
-pub use performance::upload::{PutOptions, PutResult};
+pub use performance::upload::{JournaledPart, PutOptions, PutResult, ResumePoint, UploadJournal};
