@@ -353,7 +353,9 @@ async fn send_parts<R: AsyncRead + Unpin>(
         }
         if len < size {
             if next_known < resumed.len() {
-                return Err(mismatch(format!("the source ended at byte {sent}, before parts the interrupted run sent")));
+                return Err(mismatch(format!(
+                    "the source ended at byte {sent}, before parts the interrupted run sent"
+                )));
             }
             break;
         }
