@@ -153,6 +153,14 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         .buffer_unordered(o.parallel.max(1))
         .collect()
         .await;
+    if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
+        // --strict stopped the run: leave nothing behind (no uploads, no suitcases, no journal).
+        let err = results.into_iter().nth(pos).expect("position is valid").err().expect("an error");
+        let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
+        let reopened = Journal::open(&dir)?.unwrap_or(journal);
+        discard_journal(client, &o.bucket, &o.prefix, reopened).await?;
+        return Err(err);
+    }
     let mut records: Vec<Option<SuitcaseRecord>> = vec![None; n];
     let mut resumed = Resumed::default();
     for r in results {
