@@ -155,7 +155,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         .await;
     if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
         // --strict stopped the run: leave nothing behind (no uploads, no suitcases, no journal).
-        let err = results.into_iter().nth(pos).expect("position is valid").err().expect("an error");
+        let err = results.into_iter().nth(pos).expect("position is valid").expect_err("an error");
         let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
         let reopened = Journal::open(&dir)?.unwrap_or(journal);
         discard_journal(client, &o.bucket, &o.prefix, reopened).await?;
