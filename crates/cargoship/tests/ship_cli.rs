@@ -233,7 +233,7 @@ async fn unreadable_files_are_skipped_and_listed_or_stop_a_strict_ship_cleanly()
     let as_nobody = |extra: &[&str]| {
         let mut args = vec!["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "-q"];
         args.extend_from_slice(extra);
-        let mut cmd = env.command(&[]);
+        let cmd = env.command(&[]);
         let mut c = tokio::process::Command::new("setpriv");
         c.args(&args);
         for (k, v) in cmd.as_std().get_envs() {
