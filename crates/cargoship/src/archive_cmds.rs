@@ -149,6 +149,13 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
             controller: client.controller_state(),
         });
     }
+    if r.up_to_date {
+        println!("{} already holds this tree ({} files, {}); nothing to send", r.archive, r.files, human(r.bytes));
+        if !g.quiet {
+            println!("restore with: cargoship restore {} DEST", r.archive);
+        }
+        return Ok(());
+    }
     for k in &r.skipped {
         eprintln!("skipped {}: {}", k.path, k.reason);
     }

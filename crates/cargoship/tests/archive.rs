@@ -163,7 +163,12 @@ async fn a_tree_ships_and_restores_whole_and_one_file_by_ranged_reads() {
     assert!(matches!(err, ArchiveError::WouldOverwrite(_)), "{err}");
     assert!(!one.join("big.bin").exists());
 
-    // A second ship to the same prefix is refused.
+    // Shipping the same tree again has nothing to do; a changed tree is refused.
+    let before = env.client.bytes_sent();
+    let again = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    assert!(again.up_to_date && again.files == 10_005);
+    assert_eq!(env.client.bytes_sent(), before, "nothing sent");
+    std::fs::write(src.join("new-file"), b"new").unwrap();
     let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
     assert!(matches!(err, ArchiveError::Exists(_)), "{err}");
 }

@@ -49,7 +49,7 @@ pub enum ArchiveError {
     #[error("invalid inventory: {0}")]
     Inventory(String),
     /// There already is an archive at the destination.
-    #[error("an archive already exists at {0} (choose another prefix, or restore/verify it)")]
+    #[error("an archive of a different tree already exists at {0} (choose another prefix, or restore/verify it)")]
     Exists(String),
     /// No archive at the given place.
     #[error("no archive at {0} (no {name} there)", name = INVENTORY_NAME)]

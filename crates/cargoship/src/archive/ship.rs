@@ -60,6 +60,8 @@ pub struct ShipProgress {
 pub struct ShipReport {
     pub archive: String,
     pub inventory_key: String,
+    /// The archive already held exactly this tree; nothing was sent.
+    pub up_to_date: bool,
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
@@ -124,11 +126,15 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
             }
             let inv_key = join_key(&o.prefix, INVENTORY_NAME);
             let listing = client.list(&o.bucket, &inv_key, None).await?;
-            if listing.objects.iter().any(|e| e.key == inv_key) {
-                return Err(ArchiveError::Exists(dest));
-            }
             let root = source.clone();
             let walked = tokio::task::spawn_blocking(move || walk::walk(&root)).await.expect("walk task")?;
+            if listing.objects.iter().any(|e| e.key == inv_key) {
+                let existing = super::reader::fetch_inventory(client, &o.bucket, &o.prefix).await?;
+                if same_tree(&existing, &walked.items) {
+                    return Ok(report_of(&existing, dest, inv_key, true, Resumed::default()));
+                }
+                return Err(ArchiveError::Exists(dest));
+            }
             let plan = plan::plan(walked.items, o.suitcase_size);
             Journal::create(&dir, settings, plan, walked.skipped)?
         }
@@ -207,21 +213,37 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     client.put_object(&o.bucket, &inv_key, &json[..], inv_opts).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
     journal.remove()?;
+    Ok(report_of(&inv, dest, inv_key, false, resumed))
+}
+
+fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date: bool, r: Resumed) -> ShipReport {
     let t = &inv.totals;
-    Ok(ShipReport {
-        archive: dest,
-        inventory_key: inv_key,
+    ShipReport {
+        archive,
+        inventory_key,
+        up_to_date,
         files: t.files,
         dirs: t.dirs,
         symlinks: t.symlinks,
         bytes: t.bytes,
         stored_bytes: t.stored_bytes,
         suitcases: inv.suitcases.len(),
-        skipped: inv.skipped,
-        resumed_suitcases: resumed.suitcases,
-        resumed_parts: resumed.parts,
-        resumed_bytes: resumed.bytes,
-    })
+        skipped: inv.skipped.clone(),
+        resumed_suitcases: r.suitcases,
+        resumed_parts: r.parts,
+        resumed_bytes: r.bytes,
+    }
+}
+
+/// Whether an archive holds exactly the tree as walked now (names, kinds, sizes, times,
+/// modes, link targets): then shipping it again has nothing to do.
+fn same_tree(inv: &Inventory, items: &[walk::Item]) -> bool {
+    inv.skipped.is_empty()
+        && inv.entries.len() == items.len()
+        && inv.entries.iter().zip(items).all(|(e, i)| {
+            (e.path.as_str(), e.kind, e.size, e.mtime, e.mtime_nsec, e.mode, e.target.as_deref())
+                == (i.path.as_str(), i.kind, i.size, i.mtime, i.mtime_nsec, i.mode, i.target.as_deref())
+        })
 }
 
 #[derive(Debug, Default)]
