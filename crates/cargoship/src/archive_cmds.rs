@@ -63,7 +63,7 @@ pub async fn survey(g: &GlobalOpts, a: &SurveyArgs) -> anyhow::Result<()> {
     println!("\nestimated cost ({}, prices of {}, before compression):", s.currency, s.prices_as_of);
     println!("  {:<20} {:>12} {:>16} {:>18}", "storage class", "per month", "ship requests", "file-by-file reqs");
     for c in &s.costs {
-        println!("  {:<20} {:>12.2} {:>16.4} {:>18.4}", c.class, c.monthly, c.ship_requests, c.file_by_file_requests);
+        println!("  {:<20} {:>12.4} {:>16.4} {:>18.4}", c.class, c.monthly, c.ship_requests, c.file_by_file_requests);
     }
     Ok(())
 }
@@ -230,7 +230,7 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> anyhow::Result<()> {
         return print_json(&Out { report: &r, fetched_bytes: fetched, seconds: secs, metrics: client.metrics() });
     }
     println!(
-        "restored {} files ({}), {} directories, {} symlinks into {} in {:.2} s ({:.1} MB/s); fetched {} of the archive's {}; every file's hash verified",
+        "restored {} files ({}), {} directories, {} symlinks into {} in {:.2} s ({:.1} MB/s); fetched {} from S3 (inventory included; the suitcases hold {}); every file's hash verified",
         r.files,
         human(r.bytes),
         r.dirs,

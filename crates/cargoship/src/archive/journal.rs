@@ -47,16 +47,31 @@ pub struct SuitcaseRecord {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Event {
-    Upload { suitcase: u32, upload_id: String },
-    Part { suitcase: u32, part: JournaledPart },
-    Restart { suitcase: u32 },
-    Done { index: u32, record: Box<SuitcaseRecord> },
+    /// `key` is the suitcase's object key relative to the archive prefix.
+    Upload {
+        suitcase: u32,
+        upload_id: String,
+        key: String,
+    },
+    Part {
+        suitcase: u32,
+        part: JournaledPart,
+    },
+    Restart {
+        suitcase: u32,
+    },
+    Done {
+        index: u32,
+        record: Box<SuitcaseRecord>,
+    },
 }
 
 /// What the journal knows about one suitcase.
 #[derive(Debug, Clone, Default)]
 pub struct SuitcaseState {
     pub upload_id: Option<String>,
+    /// Object key of the upload (relative to the archive prefix).
+    pub key: Option<String>,
     pub parts: Vec<JournaledPart>,
     pub done: Option<SuitcaseRecord>,
 }
@@ -131,9 +146,10 @@ impl Journal {
             // A line cut short by a kill is the last one; it recorded nothing that completed.
             let Ok(event) = serde_json::from_str::<Event>(line) else { continue };
             match event {
-                Event::Upload { suitcase, upload_id } => {
+                Event::Upload { suitcase, upload_id, key } => {
                     if let Some(s) = state.get_mut(suitcase as usize) {
                         s.upload_id = Some(upload_id);
+                        s.key = Some(key);
                         s.parts.clear();
                     }
                 }
@@ -198,8 +214,13 @@ impl Journal {
     }
 
     /// The upload journal of suitcase `index`, resuming from `resume` if given.
-    pub fn for_suitcase(self: &Arc<Self>, index: u32, resume: Option<ResumePoint>) -> Arc<dyn UploadJournal> {
-        Arc::new(SuitcaseJournal { journal: self.clone(), index, resume })
+    pub fn for_suitcase(
+        self: &Arc<Self>,
+        index: u32,
+        key: &str,
+        resume: Option<ResumePoint>,
+    ) -> Arc<dyn UploadJournal> {
+        Arc::new(SuitcaseJournal { journal: self.clone(), index, key: key.into(), resume })
     }
 }
 
@@ -207,6 +228,7 @@ impl Journal {
 struct SuitcaseJournal {
     journal: Arc<Journal>,
     index: u32,
+    key: String,
     resume: Option<ResumePoint>,
 }
 
@@ -216,7 +238,11 @@ impl UploadJournal for SuitcaseJournal {
     }
 
     fn upload_started(&self, upload_id: &str) {
-        self.journal.append(&Event::Upload { suitcase: self.index, upload_id: upload_id.into() });
+        self.journal.append(&Event::Upload {
+            suitcase: self.index,
+            upload_id: upload_id.into(),
+            key: self.key.clone(),
+        });
     }
 
     fn part_done(&self, part: &JournaledPart) {
@@ -240,7 +266,7 @@ mod tests {
             frame_size: 10,
         };
         let j = Arc::new(Journal::create(dir.path(), settings.clone(), vec![vec![], vec![]], vec![]).unwrap());
-        let up = j.for_suitcase(1, None);
+        let up = j.for_suitcase(1, "s1", None);
         up.upload_started("u-1");
         let part = JournaledPart { number: 2, offset: 5, size: 5, crc64nvme: 9, e_tag: "e".into() };
         up.part_done(&part);
@@ -256,10 +282,11 @@ mod tests {
         let again = Journal::open(dir.path()).unwrap().unwrap();
         assert_eq!(again.settings, settings);
         assert_eq!(again.state[1].upload_id.as_deref(), Some("u-1"));
+        assert_eq!(again.state[1].key.as_deref(), Some("s1"));
         assert_eq!(again.state[1].parts, [part]);
         assert!(again.state[0].upload_id.is_none());
         let again = Arc::new(again);
-        again.for_suitcase(0, None).upload_started("u-2");
+        again.for_suitcase(0, "s0", None).upload_started("u-2");
         let third = Journal::open(dir.path()).unwrap().unwrap();
         assert_eq!(third.state[0].upload_id.as_deref(), Some("u-2"), "events after a torn line are kept");
         drop(again);

@@ -265,7 +265,7 @@ async fn ship_suitcase(
     if let Some(done) = &state.done {
         return Ok((done.clone(), Resumed { suitcases: 1, ..Default::default() }));
     }
-    let key = suitcase_key(o, index);
+    let key = state.key.clone().unwrap_or_else(|| suitcase_key(o, index));
     let resume = state.upload_id.clone().map(|upload_id| ResumePoint { upload_id, parts: state.parts.clone() });
     let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone()).await;
     let (record, put) = match first {
@@ -321,7 +321,7 @@ async fn upload_suitcase(
     opts.metadata.insert("cargoship-original-size".into(), raw_bytes.to_string());
     opts.metadata.insert("cargoship-compression".into(), format!("{:?}:{}", o.codec, o.level).to_lowercase());
     opts.metadata.insert("cargoship-format".into(), format!("suitcase-v{}", inventory::VERSION));
-    opts.journal = Some(journal.for_suitcase(index as u32, resume));
+    opts.journal = Some(journal.for_suitcase(index as u32, key, resume));
     let full_key = join_key(&o.prefix, key);
     let upload = client.put_object(&o.bucket, &full_key, reader, opts);
     let (up, comp) = tokio::join!(upload, compress);
@@ -410,8 +410,12 @@ pub async fn discard(client: &OptimizedS3Client, o: &ShipOptions) -> Result<Disc
 
 async fn discard_journal(client: &OptimizedS3Client, bucket: &str, prefix: &str, j: Journal) -> Result<Discarded> {
     let mut out = Discarded::default();
-    for (index, state) in j.state.iter().enumerate() {
-        let key = join_key(prefix, &format!("suitcases/s-{index:06}.{}", j.settings.codec.extension()));
+    for state in &j.state {
+        let key = match (&state.done, &state.key) {
+            (Some(done), _) => join_key(prefix, &done.suitcase.key),
+            (None, Some(key)) => join_key(prefix, key),
+            (None, None) => continue,
+        };
         if state.done.is_some() {
             client.delete(bucket, &key).await?;
             out.deleted_suitcases += 1;

@@ -124,8 +124,9 @@ pub fn survey(root: &Path, suitcase_size: u64, part_size: u64, prices: &Prices) 
     let ship_requests: u64 = plan
         .iter()
         .map(|s| {
-            let tar: u64 = s.iter().map(plan::tar_size).sum();
-            tar.div_ceil(part_size.max(1)) + 2
+            let tar: u64 = s.iter().map(plan::tar_size).sum::<u64>() + 1024;
+            // One PUT below a part; else create + parts + complete.
+            if tar < part_size { 1 } else { tar.div_ceil(part_size.max(1)) + 2 }
         })
         .sum::<u64>()
         + 1;
