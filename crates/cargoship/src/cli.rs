@@ -20,6 +20,12 @@ Exit codes:
   destination not writable   7 integrity check failed (data did not match its checksum)
 
 Examples:
+  cargoship survey ./dataset
+  cargoship ship ./dataset s3://my-bucket/archives/dataset-2026
+  cargoship restore s3://my-bucket/archives/dataset-2026 ./restored
+  cargoship restore s3://my-bucket/archives/dataset-2026 ./one 'runs/42/*.csv'
+  cargoship verify s3://my-bucket/archives/dataset-2026 --against ./dataset --deep
+  cargoship ls s3://my-bucket/archives/
   cargoship put data.bin s3://my-bucket/data/data.bin
   cargoship get s3://my-bucket/data/data.bin ./copy.bin
   cargoship get s3://my-bucket/data/data.bin head.bin --range 0:4096
@@ -75,11 +81,19 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show what shipping a directory would do: sizes, histogram, suitcases, monthly cost.
+    Survey(SurveyArgs),
+    /// Ship a directory into S3 as compressed, seekable suitcases plus an inventory.
+    Ship(ShipArgs),
+    /// Restore an archive (or only some paths of it) into a directory.
+    Restore(RestoreArgs),
+    /// Check an archive: suitcases present and intact, optionally content and a local tree.
+    Verify(VerifyArgs),
     /// Upload a file (or - for stdin) to s3://bucket/key.
     Put(PutArgs),
     /// Download s3://bucket/key to a file (or - for stdout), verified against S3's checksum.
     Get(GetArgs),
-    /// List objects and prefixes under s3://bucket/prefix.
+    /// List the archives under s3://bucket/prefix (or, if there are none, the objects).
     Ls(LsArgs),
     /// Run an S3-compatible endpoint on a local directory.
     Serve(ServeArgs),
@@ -133,6 +147,97 @@ pub struct LsArgs {
     /// List every key under the prefix instead of one level.
     #[arg(long, short)]
     pub recursive: bool,
+    /// List objects even where there are archives.
+    #[arg(long)]
+    pub objects: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SurveyArgs {
+    /// Directory to survey.
+    pub dir: PathBuf,
+    /// Suitcase size cap, as for ship.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub suitcase_size: u64,
+    /// Price table (TOML, same format as the built-in one) instead of the built-in table.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Layout: s3://bucket/prefix/suitcases/s-NNNNNN.tar.zst (tar compressed in independent frames: any
+file can be read back with ranged GETs; each suitcase is also a plain .tar.zst) and
+s3://bucket/prefix/cargoship-inventory.json, written last: the archive exists once it does.
+
+Interrupted (Ctrl-C, kill, network loss)? Run the same command again: it continues where it
+stopped without re-sending finished parts. --no-resume starts over; --abort discards the
+interrupted run (aborts its uploads, deletes its suitcases) without shipping.")]
+pub struct ShipArgs {
+    /// Directory to ship.
+    pub source: PathBuf,
+    /// Archive location s3://bucket/prefix (must not hold an archive yet).
+    pub destination: String,
+    /// Compression of the suitcases.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: cargoship::archive::codec::Codec,
+    /// Compression level (zstd 1-22, default 3; gzip 0-9, default 6).
+    #[arg(long, allow_negative_numbers = true)]
+    pub level: Option<i32>,
+    /// Most uncompressed bytes per suitcase (a larger single file gets its own).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub suitcase_size: u64,
+    /// Uncompressed bytes per frame: the smallest unit a single-file restore fetches.
+    #[arg(long, default_value = "2MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub frame_size: u64,
+    /// Storage class of the suitcases (the inventory stays STANDARD so it can be read).
+    #[arg(long, value_name = "CLASS", value_parser = ["STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE", "ONEZONE_IA", "REDUCED_REDUNDANCY"])]
+    pub storage_class: Option<String>,
+    /// Server-side encryption.
+    #[arg(long, value_name = "ALG", value_parser = ["AES256", "aws:kms"])]
+    pub sse: Option<String>,
+    /// KMS key for --sse aws:kms.
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+    /// Stop on a file that vanishes, changes or cannot be read (default: skip it, list it
+    /// in the inventory, warn).
+    #[arg(long)]
+    pub strict: bool,
+    /// Start over even if an interrupted run of this ship exists (discarding it).
+    #[arg(long, conflicts_with = "abort")]
+    pub no_resume: bool,
+    /// Discard an interrupted run of this ship and exit.
+    #[arg(long)]
+    pub abort: bool,
+    /// Suitcases packed and uploaded at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel_suitcases: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Archive s3://bucket/prefix.
+    pub source: String,
+    /// Directory to restore into (created if missing).
+    pub destination: PathBuf,
+    /// Only these paths (a directory selects all under it) or globs ('*' within a
+    /// directory, '**' across); default everything.
+    pub paths: Vec<String>,
+    /// Replace files that exist in the destination.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Archive s3://bucket/prefix.
+    pub archive: String,
+    /// Also compare with this local directory (names, kinds, sizes; content with --deep).
+    #[arg(long, value_name = "DIR")]
+    pub against: Option<PathBuf>,
+    /// Re-read and re-hash every file's content.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Args)]

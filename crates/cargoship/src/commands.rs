@@ -214,6 +214,9 @@ fn check_writable_parent(dest: &Path) -> anyhow::Result<()> {
 pub async fn ls(g: &GlobalOpts, args: &LsArgs) -> anyhow::Result<()> {
     let target = S3Url::parse(&args.target)?;
     let session = setup::connect(g).await?;
+    if !args.objects && crate::archive_cmds::ls_archives(g, &session.client, &target).await? {
+        return Ok(());
+    }
     let delimiter = (!args.recursive).then_some("/");
     let listing = session.client.list(&target.bucket, &target.key, delimiter).await?;
     if g.json {

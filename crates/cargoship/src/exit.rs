@@ -32,7 +32,22 @@ pub fn code(err: &anyhow::Error) -> i32 {
     if err.downcast_ref::<LocalFileError>().is_some() {
         return 6;
     }
-    match err.downcast_ref::<S3>() {
+    if let Some(a) = err.downcast_ref::<cargoship::archive::ArchiveError>() {
+        use cargoship::archive::ArchiveError as A;
+        return match a {
+            A::S3(e) => s3_code(e),
+            A::Source { .. } | A::Changed { .. } | A::Write { .. } | A::WouldOverwrite(_) | A::Journal { .. } => 6,
+            A::Inventory(_) | A::HashMismatch { .. } => 7,
+            A::Exists(_) | A::Usage(_) => 2,
+            A::NotAnArchive(_) => 3,
+            A::Pack(_) => 1,
+        };
+    }
+    err.downcast_ref::<S3>().map_or(1, s3_code)
+}
+
+fn s3_code(err: &S3) -> i32 {
+    match Some(err) {
         Some(S3::NoSuchBucket { .. } | S3::NoSuchKey { .. }) => 3,
         Some(S3::AccessDenied { .. }) => 4,
         Some(S3::Unreachable { .. }) => 5,

@@ -1,6 +1,7 @@
 //! `cargoship`: the command-line tool. Thin: parsing, wiring and output; the work is in
 //! the `s3opt` library and the `testbed` crate.
 
+mod archive_cmds;
 mod cli;
 mod commands;
 mod exit;
@@ -28,6 +29,10 @@ async fn main() {
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
     let result = match &cli.command {
+        Command::Survey(a) => archive_cmds::survey(&cli.global, a).await,
+        Command::Ship(a) => archive_cmds::ship(&cli.global, a).await,
+        Command::Restore(a) => archive_cmds::restore(&cli.global, a).await,
+        Command::Verify(a) => archive_cmds::verify(&cli.global, a).await,
         Command::Put(a) => commands::put(&cli.global, a).await,
         Command::Get(a) => commands::get(&cli.global, a).await,
         Command::Ls(a) => commands::ls(&cli.global, a).await,

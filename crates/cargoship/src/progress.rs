@@ -40,49 +40,73 @@ pub fn human(bytes: u64) -> String {
     if i == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[i]) }
 }
 
+/// One reading of a long operation's counters.
+pub struct Reading {
+    pub bytes: u64,
+    pub total_bytes: Option<u64>,
+    /// Files done and in total, when the operation counts files.
+    pub files: Option<(u64, u64)>,
+}
+
 impl Progress {
     /// Starts following `client`'s counter; `total` when known.
     pub fn start(client: &OptimizedS3Client, dir: Direction, label: &str, total: Option<u64>, quiet: bool) -> Self {
+        let base = counter(client, dir);
+        let c = client.clone();
+        Self::follow(label, quiet, move || Reading { bytes: counter(&c, dir) - base, total_bytes: total, files: None })
+    }
+
+    /// Starts following any counters.
+    pub fn follow(label: &str, quiet: bool, read: impl Fn() -> Reading + Send + 'static) -> Self {
         if quiet {
             return Self { task: None, bar: None };
         }
-        let base = counter(client, dir);
         if std::io::stderr().is_terminal() {
-            let bar = match total {
-                Some(t) => ProgressBar::new(t),
-                None => ProgressBar::no_length(),
-            };
+            let bar = ProgressBar::no_length();
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} {binary_bytes_per_sec} ETA {eta}",
                 )
                 .expect("valid template"),
             );
-            bar.set_message(label.to_owned());
-            let (c, b) = (client.clone(), bar.clone());
+            bar.set_prefix(label.to_owned());
+            let b = bar.clone();
             let task = tokio::spawn(async move {
                 loop {
-                    b.set_position(counter(&c, dir) - base);
+                    let r = read();
+                    if let Some(t) = r.total_bytes {
+                        b.set_length(t);
+                    }
+                    if let Some((done, total)) = r.files {
+                        b.set_message(format!("{done}/{total} files"));
+                    }
+                    b.set_position(r.bytes);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             });
             return Self { task: Some(task), bar: Some(bar) };
         }
-        let (c, label) = (client.clone(), label.to_owned());
+        let label = label.to_owned();
         let task = tokio::spawn(async move {
             let start = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let done = counter(&c, dir) - base;
-                let rate = done as f64 / start.elapsed().as_secs_f64() / 1e6;
-                match total {
-                    Some(t) if t > 0 => eprintln!(
-                        "{label}: {} / {} ({:.0}%), {rate:.1} MB/s",
-                        human(done),
-                        human(t),
-                        done as f64 * 100.0 / t as f64
-                    ),
-                    _ => eprintln!("{label}: {}, {rate:.1} MB/s", human(done)),
+                let r = read();
+                let secs = start.elapsed().as_secs_f64();
+                let rate = r.bytes as f64 / secs / 1e6;
+                let files = r.files.map(|(d, t)| format!(", {d}/{t} files")).unwrap_or_default();
+                match r.total_bytes {
+                    Some(t) if t > 0 => {
+                        let left = t.saturating_sub(r.bytes) as f64 / (r.bytes as f64 / secs).max(1.0);
+                        eprintln!(
+                            "{label}: {} / {} ({:.0}%){files}, {rate:.1} MB/s, ETA {:.0} s",
+                            human(r.bytes),
+                            human(t),
+                            r.bytes as f64 * 100.0 / t as f64,
+                            left
+                        )
+                    }
+                    _ => eprintln!("{label}: {}{files}, {rate:.1} MB/s", human(r.bytes)),
                 }
             }
         });

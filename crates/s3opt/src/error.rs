@@ -56,6 +56,9 @@ pub enum Error {
     /// Invalid configuration or arguments.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A resumed upload's source no longer produces the bytes of the parts already sent.
+    #[error("cannot resume s3://{bucket}/{key}: {detail}")]
+    ResumeMismatch { bucket: String, key: String, detail: String },
     /// The transfer was cancelled.
     #[error("transfer cancelled")]
     Cancelled,

@@ -42,4 +42,4 @@ pub use performance::block_cache::CacheStats;
 pub use performance::download::GetResult;
 pub use performance::metrics::MetricsSnapshot;
 pub use performance::reader::{ObjectReader, ReaderStats};
-pub use performance::upload::{PutOptions, PutResult};
+pub use performance::upload::{JournaledPart, PutOptions, PutResult, ResumePoint, UploadJournal};

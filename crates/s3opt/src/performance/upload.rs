@@ -40,6 +40,47 @@ pub struct PutOptions {
     pub sse: Option<String>,
     /// KMS key for `aws:kms` server-side encryption.
     pub sse_kms_key_id: Option<String>,
+    /// Makes a multipart upload resumable: where it starts from and where completed parts
+    /// are recorded. With a journal, a failed or cancelled upload is left in place (not
+    /// aborted) so that a later run can continue it.
+    pub journal: Option<Arc<dyn UploadJournal>>,
+}
+
+/// A part that S3 has acknowledged, as a resume journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct JournaledPart {
+    /// Part number (1-based).
+    pub number: u32,
+    /// Offset of the part's first byte in the object.
+    pub offset: u64,
+    /// Part length in bytes.
+    pub size: u64,
+    /// The part's CRC64NVME (raw value), compared with the re-read source on resume.
+    pub crc64nvme: u64,
+    /// ETag S3 returned for the part.
+    pub e_tag: String,
+}
+
+/// Where a resumable multipart upload continues from.
+#[derive(Debug, Clone, Default)]
+pub struct ResumePoint {
+    /// The multipart upload to continue.
+    pub upload_id: String,
+    /// Parts already acknowledged, in any order.
+    pub parts: Vec<JournaledPart>,
+}
+
+/// Records the progress of a resumable upload, and says where a resumed one starts.
+///
+/// Calls happen on the upload's tasks; implementations persist them (e.g. append to a
+/// file) before returning so that a `kill -9` after the call loses nothing.
+pub trait UploadJournal: Send + Sync + std::fmt::Debug {
+    /// An earlier attempt to continue, if any.
+    fn resume_point(&self) -> Option<ResumePoint>;
+    /// A new multipart upload was created (before any part is sent).
+    fn upload_started(&self, upload_id: &str);
+    /// S3 acknowledged a part.
+    fn part_done(&self, part: &JournaledPart);
 }
 
 /// What an upload did.
@@ -55,6 +96,10 @@ pub struct PutResult {
     pub e_tag: Option<String>,
     /// Whole-object CRC64NVME (base64), checked by S3.
     pub checksum_crc64nvme: String,
+    /// Parts not sent because an earlier, interrupted run had sent them.
+    pub resumed_parts: u32,
+    /// Bytes in those parts.
+    pub resumed_bytes: u64,
 }
 
 impl Engine {
@@ -101,12 +146,48 @@ pub(crate) async fn put_object<R>(
 where
     R: AsyncRead + Unpin + Send,
 {
-    let size = engine.next_part_size(1, 0, opts.content_length);
-    let first = read_part(&mut reader, engine.pool.acquire(size).await, size).await?;
-    if (first.len() as u64) < size {
-        return put_single(engine, bucket, key, first.freeze(), &opts).await;
+    let resume = opts.journal.as_ref().and_then(|j| j.resume_point());
+    let (upload_id, first, resumed) = match resume {
+        Some(point) => (point.upload_id, None, point.parts),
+        None => {
+            let size = engine.next_part_size(1, 0, opts.content_length);
+            let first = read_part(&mut reader, engine.pool.acquire(size).await, size).await?;
+            if (first.len() as u64) < size {
+                return put_single(engine, bucket, key, first.freeze(), &opts).await;
+            }
+            let upload_id = create_multipart(engine, bucket, key, &opts).await?;
+            if let Some(journal) = &opts.journal {
+                journal.upload_started(&upload_id);
+            }
+            (upload_id, Some((first, size)), Vec::new())
+        }
+    };
+    let keep_for_resume = opts.journal.is_some();
+    let mut guard = AbortGuard {
+        engine: engine.clone(),
+        bucket: bucket.into(),
+        key: key.into(),
+        upload_id: upload_id.clone(),
+        armed: !keep_for_resume,
+    };
+    let result = async {
+        let parts = send_parts(engine, bucket, key, &upload_id, &mut reader, first, resumed, &opts).await?;
+        complete(engine, bucket, key, &upload_id, parts).await
     }
-    let o = &opts;
+    .await;
+    guard.armed = false;
+    match result {
+        Ok(res) => Ok(res),
+        Err(err) => {
+            if !keep_for_resume && let Err(abort_err) = engine.abort_multipart(bucket, key, &upload_id).await {
+                tracing::warn!(%abort_err, upload_id, "could not abort multipart upload");
+            }
+            Err(err.with_object(bucket, key))
+        }
+    }
+}
+
+async fn create_multipart(engine: &Engine, bucket: &str, key: &str, o: &PutOptions) -> Result<String> {
     let created = engine
         .run(Op::CreateMultipart, 0, move || async move {
             engine
@@ -127,35 +208,10 @@ where
         })
         .await
         .map_err(|e| e.with_object(bucket, key))?;
-    let upload_id = created
+    Ok(created
         .upload_id()
         .ok_or_else(|| Error::Config("CreateMultipartUpload returned no upload id".into()))?
-        .to_owned();
-    let mut guard = AbortGuard {
-        engine: engine.clone(),
-        bucket: bucket.into(),
-        key: key.into(),
-        upload_id: upload_id.clone(),
-        armed: true,
-    };
-    let result = async {
-        let parts = send_parts(engine, bucket, key, &upload_id, &mut reader, first, size, &opts).await?;
-        complete(engine, bucket, key, &upload_id, parts).await
-    }
-    .await;
-    match result {
-        Ok(res) => {
-            guard.armed = false;
-            Ok(res)
-        }
-        Err(err) => {
-            guard.armed = false;
-            if let Err(abort_err) = engine.abort_multipart(bucket, key, &upload_id).await {
-                tracing::warn!(%abort_err, upload_id, "could not abort multipart upload");
-            }
-            Err(err.with_object(bucket, key))
-        }
-    }
+        .to_owned())
 }
 
 async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, opts: &PutOptions) -> Result<PutResult> {
@@ -192,6 +248,8 @@ async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, o
         multipart: false,
         e_tag: out.e_tag().map(str::to_owned),
         checksum_crc64nvme: crc_b64,
+        resumed_parts: 0,
+        resumed_bytes: 0,
     })
 }
 
@@ -201,6 +259,37 @@ struct PartDone {
     crc: u64,
     crc_b64: String,
     len: u64,
+    /// Sent by an earlier run, not this one.
+    resumed: bool,
+}
+
+/// What the next part of a (possibly resumed) upload is.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Sent by an earlier run: re-read it, check it, do not send it.
+    Known(JournaledPart),
+    /// Fill a gap left between sent parts: exactly this size, this number.
+    Exact { number: u32, size: u64 },
+    /// Beyond everything sent before: size chosen now.
+    Fresh { number: u32 },
+}
+
+/// Plans the part at offset `sent` with number `number` next, given the parts an earlier
+/// run completed (sorted by offset; `next` indexes the first not yet passed). A gap
+/// between completed parts keeps their numbering: the missing numbers share the gap
+/// evenly, so each is at least as large as S3's minimum (the parts that filled it were).
+fn plan_step(done: &[JournaledPart], next: usize, sent: u64, number: u32) -> std::result::Result<Step, String> {
+    let Some(p) = done.get(next) else { return Ok(Step::Fresh { number }) };
+    if p.offset < sent || p.number < number || (p.number == number && p.offset != sent) {
+        return Err(format!("journal is inconsistent at part {} (offset {}, expected {sent})", p.number, p.offset));
+    }
+    if p.offset == sent {
+        return Ok(Step::Known(p.clone()));
+    }
+    let slots = u64::from(p.number - number);
+    let gap = p.offset - sent;
+    let size = if slots == 1 { gap } else { gap / slots };
+    Ok(Step::Exact { number, size })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -210,35 +299,64 @@ async fn send_parts<R: AsyncRead + Unpin>(
     key: &str,
     upload_id: &str,
     reader: &mut R,
-    first: PooledBuf,
-    first_size: u64,
+    first: Option<(PooledBuf, u64)>,
+    mut resumed: Vec<JournaledPart>,
     opts: &PutOptions,
 ) -> Result<Vec<PartDone>> {
+    resumed.sort_by_key(|p| p.offset);
     let ids: Arc<(String, String, String)> = Arc::new((bucket.into(), key.into(), upload_id.into()));
     let mut tasks: JoinSet<Result<PartDone>> = JoinSet::new();
     let mut done = Vec::new();
     let mut number: u32 = 1;
     let mut sent: u64 = 0;
-    let mut next = Some((first, first_size));
+    let mut next_known = 0;
+    let mut next = first;
+    let mismatch = |detail: String| Error::ResumeMismatch { bucket: bucket.into(), key: key.into(), detail };
     loop {
         let (buf, size) = match next.take() {
             Some(b) => b,
             None => {
-                let size = engine.next_part_size(number, sent, opts.content_length);
-                let buf = engine.pool.acquire(size).await;
-                (read_part(reader, buf, size).await?, size)
+                let step = plan_step(&resumed, next_known, sent, number).map_err(mismatch)?;
+                let size = match &step {
+                    Step::Known(p) => p.size,
+                    Step::Exact { size, .. } => *size,
+                    Step::Fresh { number } => engine.next_part_size(*number, sent, opts.content_length),
+                };
+                let buf = read_part(reader, engine.pool.acquire(size).await, size).await?;
+                if let Step::Known(p) = step {
+                    let (crc, crc_b64) = crc64nvme_b64(buf.as_slice());
+                    if buf.len() as u64 != p.size || crc != p.crc64nvme {
+                        return Err(mismatch(format!(
+                            "part {} (bytes {}..{}) differs from what the interrupted run sent; the source changed",
+                            p.number,
+                            p.offset,
+                            p.offset + p.size
+                        )));
+                    }
+                    done.push(PartDone { number: p.number, e_tag: p.e_tag, crc, crc_b64, len: p.size, resumed: true });
+                    sent += p.size;
+                    number = p.number + 1;
+                    next_known += 1;
+                    continue;
+                }
+                (buf, size)
             }
         };
         if buf.is_empty() {
             break;
         }
         let len = buf.len() as u64;
-        tasks.spawn(send_part(engine.clone(), ids.clone(), number, buf.freeze()));
+        tasks.spawn(send_part(engine.clone(), ids.clone(), number, sent, buf.freeze(), opts.journal.clone()));
         sent += len;
         while let Some(res) = tasks.try_join_next() {
             done.push(res.map_err(|e| Error::Config(format!("part task failed: {e}")))??);
         }
         if len < size {
+            if next_known < resumed.len() {
+                return Err(mismatch(format!(
+                    "the source ended at byte {sent}, before parts the interrupted run sent"
+                )));
+            }
             break;
         }
         if number == MAX_PARTS {
@@ -268,7 +386,9 @@ async fn send_part(
     engine: Arc<Engine>,
     ids: Arc<(String, String, String)>,
     number: u32,
+    offset: u64,
     data: FrozenBuf,
+    journal: Option<Arc<dyn UploadJournal>>,
 ) -> Result<PartDone> {
     let (bucket, key, upload_id) = (&ids.0, &ids.1, &ids.2);
     let bytes = data.bytes().clone();
@@ -294,7 +414,10 @@ async fn send_part(
     drop(bytes);
     drop(data);
     let e_tag = out.e_tag().unwrap_or_default().to_owned();
-    Ok(PartDone { number, e_tag, crc, crc_b64, len })
+    if let Some(journal) = journal {
+        journal.part_done(&JournaledPart { number, offset, size: len, crc64nvme: crc, e_tag: e_tag.clone() });
+    }
+    Ok(PartDone { number, e_tag, crc, crc_b64, len, resumed: false })
 }
 
 async fn complete(
@@ -344,6 +467,8 @@ async fn complete(
         multipart: true,
         e_tag: out.e_tag().map(str::to_owned),
         checksum_crc64nvme: full_b64,
+        resumed_parts: parts.iter().filter(|p| p.resumed).count() as u32,
+        resumed_bytes: parts.iter().filter(|p| p.resumed).map(|p| p.len).sum(),
     })
 }
 
@@ -371,5 +496,36 @@ impl Drop for AbortGuard {
             });
             self.engine.cleanup.lock().expect("cleanup lock").push(handle);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(number: u32, offset: u64, size: u64) -> JournaledPart {
+        JournaledPart { number, offset, size, crc64nvme: 0, e_tag: String::new() }
+    }
+
+    #[test]
+    fn resume_skips_parts_already_sent_and_fills_gaps_with_their_numbers() {
+        let mb = 1 << 20;
+        // Parts 1, 2 and 5 were acknowledged; 3 and 4 were in flight when the run died.
+        let done = [part(1, 0, 8 * mb), part(2, 8 * mb, 8 * mb), part(5, 32 * mb, 8 * mb)];
+        assert_eq!(plan_step(&done, 0, 0, 1), Ok(Step::Known(done[0].clone())));
+        assert_eq!(plan_step(&done, 2, 16 * mb, 3), Ok(Step::Exact { number: 3, size: 8 * mb }));
+        assert_eq!(plan_step(&done, 2, 24 * mb, 4), Ok(Step::Exact { number: 4, size: 8 * mb }));
+        assert_eq!(plan_step(&done, 2, 32 * mb, 5), Ok(Step::Known(done[2].clone())));
+        assert_eq!(plan_step(&done, 3, 40 * mb, 6), Ok(Step::Fresh { number: 6 }));
+    }
+
+    #[test]
+    fn resume_rejects_a_journal_whose_offsets_do_not_line_up() {
+        let done = [part(2, 100, 10)];
+        assert!(plan_step(&done, 0, 200, 1).is_err());
+        let done = [part(1, 50, 10)];
+        assert!(plan_step(&done, 0, 0, 1).is_err());
+        let done = [part(1, 0, 10)];
+        assert!(plan_step(&done, 0, 0, 2).is_err());
     }
 }

@@ -1,0 +1,296 @@
+//! The resume journal of a `ship`: a local directory per (source, destination) with the
+//! run's settings and suitcase plan (`plan.json`, written once) and an append-only event log
+//! (`events.jsonl`: multipart upload created, part acknowledged, suitcase done). Re-running
+//! the same `ship` replays it and continues without re-sending acknowledged parts.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use s3opt::{JournaledPart, ResumePoint, UploadJournal};
+use serde::{Deserialize, Serialize};
+
+use super::codec::Codec;
+use super::inventory::{Entry, Skipped, Suitcase};
+use super::walk::Item;
+use super::{ArchiveError, Result};
+
+/// Settings that must be the same for a run to continue another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub source: String,
+    pub destination: String,
+    pub codec: Codec,
+    pub level: i32,
+    pub suitcase_size: u64,
+    pub frame_size: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlanFile {
+    settings: Settings,
+    created: String,
+    plan: Vec<Vec<Item>>,
+    skipped: Vec<Skipped>,
+}
+
+/// A finished suitcase: what goes into the inventory for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuitcaseRecord {
+    pub suitcase: Suitcase,
+    pub entries: Vec<Entry>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// One line of the event log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event {
+    /// `key` is the suitcase's object key relative to the archive prefix.
+    Upload {
+        suitcase: u32,
+        upload_id: String,
+        key: String,
+    },
+    Part {
+        suitcase: u32,
+        part: JournaledPart,
+    },
+    Restart {
+        suitcase: u32,
+    },
+    Done {
+        index: u32,
+        record: Box<SuitcaseRecord>,
+    },
+}
+
+/// What the journal knows about one suitcase.
+#[derive(Debug, Clone, Default)]
+pub struct SuitcaseState {
+    pub upload_id: Option<String>,
+    /// Object key of the upload (relative to the archive prefix).
+    pub key: Option<String>,
+    pub parts: Vec<JournaledPart>,
+    pub done: Option<SuitcaseRecord>,
+}
+
+/// An open journal.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    log: Mutex<File>,
+    pub settings: Settings,
+    /// When the run began (RFC 3339).
+    pub created: String,
+    pub plan: Vec<Vec<Item>>,
+    /// Skipped by the walk.
+    pub skipped: Vec<Skipped>,
+    /// Per suitcase, as replayed when the journal was opened.
+    pub state: Vec<SuitcaseState>,
+}
+
+/// Where journals live: `CARGOSHIP_STATE_DIR`, else `$XDG_STATE_HOME/cargoship`, else
+/// `~/.local/state/cargoship`.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGOSHIP_STATE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("cargoship");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".local/state/cargoship")
+}
+
+/// The journal directory of a (source, destination) pair.
+pub fn dir_for(state: &Path, source: &str, destination: &str) -> PathBuf {
+    let id = blake3::hash(format!("{source}\n{destination}").as_bytes()).to_hex();
+    state.join("journals").join(&id.as_str()[..16])
+}
+
+impl Journal {
+    fn err(dir: &Path, detail: impl std::fmt::Display) -> ArchiveError {
+        ArchiveError::Journal { path: dir.to_owned(), detail: detail.to_string() }
+    }
+
+    /// Starts a journal for a new run.
+    pub fn create(dir: &Path, settings: Settings, plan: Vec<Vec<Item>>, skipped: Vec<Skipped>) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Self::err(dir, e))?;
+        let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let file = PlanFile { settings, created, plan, skipped };
+        let tmp = dir.join("plan.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&file).expect("plan serializes")).map_err(|e| Self::err(dir, e))?;
+        let _ = std::fs::remove_file(dir.join("events.jsonl"));
+        std::fs::rename(&tmp, dir.join("plan.json")).map_err(|e| Self::err(dir, e))?;
+        Self::open(dir)?.ok_or_else(|| Self::err(dir, "vanished right after it was written"))
+    }
+
+    /// Opens the journal in `dir` if there is one, replaying its events.
+    pub fn open(dir: &Path) -> Result<Option<Self>> {
+        let plan_bytes = match std::fs::read(dir.join("plan.json")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::err(dir, e)),
+        };
+        let file: PlanFile = serde_json::from_slice(&plan_bytes).map_err(|e| Self::err(dir, e))?;
+        let mut state = vec![SuitcaseState::default(); file.plan.len()];
+        let events_path = dir.join("events.jsonl");
+        let text = match std::fs::read_to_string(&events_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Self::err(dir, e)),
+        };
+        for line in text.lines() {
+            // A line cut short by a kill is the last one; it recorded nothing that completed.
+            let Ok(event) = serde_json::from_str::<Event>(line) else { continue };
+            match event {
+                Event::Upload { suitcase, upload_id, key } => {
+                    if let Some(s) = state.get_mut(suitcase as usize) {
+                        s.upload_id = Some(upload_id);
+                        s.key = Some(key);
+                        s.parts.clear();
+                    }
+                }
+                Event::Part { suitcase, part } => {
+                    if let Some(s) = state.get_mut(suitcase as usize) {
+                        s.parts.retain(|p| p.number != part.number);
+                        s.parts.push(part);
+                    }
+                }
+                Event::Restart { suitcase } => {
+                    if let Some(s) = state.get_mut(suitcase as usize) {
+                        *s = SuitcaseState::default();
+                    }
+                }
+                Event::Done { index, record } => {
+                    if let Some(s) = state.get_mut(index as usize) {
+                        s.done = Some(*record);
+                    }
+                }
+            }
+        }
+        let mut log = OpenOptions::new().create(true).append(true).open(&events_path).map_err(|e| Self::err(dir, e))?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            // End the torn line so the next event starts on a line of its own.
+            log.write_all(b"\n").map_err(|e| Self::err(dir, e))?;
+        }
+        Ok(Some(Self {
+            dir: dir.to_owned(),
+            log: Mutex::new(log),
+            settings: file.settings,
+            created: file.created,
+            plan: file.plan,
+            skipped: file.skipped,
+            state,
+        }))
+    }
+
+    fn append(&self, event: &Event) {
+        let mut line = serde_json::to_vec(event).expect("event serializes");
+        line.push(b'\n');
+        let mut log = self.log.lock().expect("journal lock");
+        // One write per line: a kill leaves at most one partial line, which replay skips.
+        if let Err(err) = log.write_all(&line) {
+            tracing::warn!(%err, dir = %self.dir.display(), "could not write the resume journal");
+        }
+    }
+
+    /// Records that suitcase `index` is uploaded; flushed to disk before returning.
+    pub fn suitcase_done(&self, index: u32, record: &SuitcaseRecord) {
+        self.append(&Event::Done { index, record: Box::new(record.clone()) });
+        let _ = self.log.lock().expect("journal lock").sync_data();
+    }
+
+    /// Records that suitcase `index` starts over (its source changed since the last run).
+    pub fn restart(&self, index: u32) {
+        self.append(&Event::Restart { suitcase: index });
+    }
+
+    /// Deletes the journal (the archive is committed, or the run was discarded).
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Self::err(&self.dir, e))
+    }
+
+    /// The upload journal of suitcase `index`, resuming from `resume` if given.
+    pub fn for_suitcase(
+        self: &Arc<Self>,
+        index: u32,
+        key: &str,
+        resume: Option<ResumePoint>,
+    ) -> Arc<dyn UploadJournal> {
+        Arc::new(SuitcaseJournal { journal: self.clone(), index, key: key.into(), resume })
+    }
+}
+
+#[derive(Debug)]
+struct SuitcaseJournal {
+    journal: Arc<Journal>,
+    index: u32,
+    key: String,
+    resume: Option<ResumePoint>,
+}
+
+impl UploadJournal for SuitcaseJournal {
+    fn resume_point(&self) -> Option<ResumePoint> {
+        self.resume.clone()
+    }
+
+    fn upload_started(&self, upload_id: &str) {
+        self.journal.append(&Event::Upload {
+            suitcase: self.index,
+            upload_id: upload_id.into(),
+            key: self.key.clone(),
+        });
+    }
+
+    fn part_done(&self, part: &JournaledPart) {
+        self.journal.append(&Event::Part { suitcase: self.index, part: part.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_replays_uploads_parts_and_finished_suitcases() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            source: "/src".into(),
+            destination: "s3://b/p".into(),
+            codec: Codec::Zstd,
+            level: 3,
+            suitcase_size: 100,
+            frame_size: 10,
+        };
+        let j = Arc::new(Journal::create(dir.path(), settings.clone(), vec![vec![], vec![]], vec![]).unwrap());
+        let up = j.for_suitcase(1, "s1", None);
+        up.upload_started("u-1");
+        let part = JournaledPart { number: 2, offset: 5, size: 5, crc64nvme: 9, e_tag: "e".into() };
+        up.part_done(&part);
+        j.restart(0);
+        drop(up);
+        // A torn final line, as a kill -9 mid-write would leave.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("events.jsonl"))
+            .unwrap()
+            .write_all(b"{\"event\":\"part\",\"suit")
+            .unwrap();
+        let again = Journal::open(dir.path()).unwrap().unwrap();
+        assert_eq!(again.settings, settings);
+        assert_eq!(again.state[1].upload_id.as_deref(), Some("u-1"));
+        assert_eq!(again.state[1].key.as_deref(), Some("s1"));
+        assert_eq!(again.state[1].parts, [part]);
+        assert!(again.state[0].upload_id.is_none());
+        let again = Arc::new(again);
+        again.for_suitcase(0, "s0", None).upload_started("u-2");
+        let third = Journal::open(dir.path()).unwrap().unwrap();
+        assert_eq!(third.state[0].upload_id.as_deref(), Some("u-2"), "events after a torn line are kept");
+        drop(again);
+        third.remove().unwrap();
+        assert!(Journal::open(dir.path()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! Reading an archive without restoring it: open the inventory, then read any byte range
+//! of any file by fetching (one ranged GET) and decompressing only the frames that hold
+//! it. Recently decoded frames are kept in a small cache, so sequential reads through a
+//! file (a FUSE mount, a restore) decode each frame once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use s3opt::OptimizedS3Client;
+
+use super::inventory::{INVENTORY_NAME, Inventory, Kind};
+use super::{ArchiveError, Result, join_key};
+
+/// Decoded frames kept per reader.
+const CACHED_FRAMES: usize = 8;
+
+/// (suitcase, frame).
+type FrameId = (usize, usize);
+
+/// An opened archive.
+pub struct ArchiveReader {
+    client: OptimizedS3Client,
+    bucket: String,
+    prefix: String,
+    inventory: Inventory,
+    cache: Mutex<VecDeque<(FrameId, Arc<Vec<u8>>)>>,
+}
+
+/// Downloads and validates the inventory of the archive at `s3://bucket/prefix`.
+pub async fn fetch_inventory(client: &OptimizedS3Client, bucket: &str, prefix: &str) -> Result<Inventory> {
+    let key = join_key(prefix, INVENTORY_NAME);
+    let mut buf: Vec<u8> = Vec::new();
+    match client.get_object(bucket, &key, &mut buf).await {
+        Ok(_) => {}
+        Err(s3opt::Error::NoSuchKey { .. }) => {
+            return Err(ArchiveError::NotAnArchive(format!("s3://{bucket}/{}", prefix.trim_end_matches('/'))));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Inventory::from_json(&buf)
+}
+
+impl ArchiveReader {
+    /// Opens the archive at `s3://bucket/prefix` (fetches and checks its inventory).
+    pub async fn open(client: OptimizedS3Client, bucket: &str, prefix: &str) -> Result<Self> {
+        let inventory = fetch_inventory(&client, bucket, prefix).await?;
+        Ok(Self::with_inventory(client, bucket, prefix, inventory))
+    }
+
+    /// A reader over an inventory already fetched.
+    pub fn with_inventory(client: OptimizedS3Client, bucket: &str, prefix: &str, inventory: Inventory) -> Self {
+        Self { client, bucket: bucket.into(), prefix: prefix.into(), inventory, cache: Mutex::new(VecDeque::new()) }
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn client(&self) -> &OptimizedS3Client {
+        &self.client
+    }
+
+    /// Decoded frames `frames` of suitcase `s`, fetched with one ranged GET for those not
+    /// cached.
+    pub async fn frames(&self, s: usize, frames: std::ops::Range<usize>) -> Result<Vec<Arc<Vec<u8>>>> {
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = frames.clone().map(|f| self.cached(s, f)).collect();
+        let missing: Vec<usize> = frames.clone().filter(|f| out[f - frames.start].is_none()).collect();
+        if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
+            let case = &self.inventory.suitcases[s];
+            let (first, last) = (case.frames[lo], case.frames[hi]);
+            let start = first.stored_offset();
+            let len = last.stored_offset() + last.stored_len() - start;
+            let key = join_key(&self.prefix, &case.key);
+            let data = self.client.get_range(&self.bucket, &key, start, len).await?;
+            let codec = self.inventory.codec;
+            let index: Vec<_> = (lo..=hi).map(|f| (f, case.frames[f])).collect();
+            let decoded = tokio::task::spawn_blocking(move || {
+                index
+                    .into_iter()
+                    .map(|(f, fr)| {
+                        let a = (fr.stored_offset() - start) as usize;
+                        let b = a + fr.stored_len() as usize;
+                        codec.decompress(&data[a..b], fr.tar_len()).map(|d| (f, Arc::new(d)))
+                    })
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .await
+            .expect("decompress task")
+            .map_err(|e| ArchiveError::Inventory(format!("suitcase {} does not decode: {e}", case.key)))?;
+            for (f, d) in decoded {
+                self.remember(s, f, d.clone());
+                if frames.contains(&f) {
+                    out[f - frames.start] = Some(d);
+                }
+            }
+        }
+        Ok(out.into_iter().map(|d| d.expect("every frame fetched")).collect())
+    }
+
+    fn cached(&self, s: usize, f: usize) -> Option<Arc<Vec<u8>>> {
+        self.cache.lock().expect("cache lock").iter().find(|(k, _)| *k == (s, f)).map(|(_, d)| d.clone())
+    }
+
+    fn remember(&self, s: usize, f: usize, d: Arc<Vec<u8>>) {
+        let mut c = self.cache.lock().expect("cache lock");
+        if c.iter().any(|(k, _)| *k == (s, f)) {
+            return;
+        }
+        if c.len() == CACHED_FRAMES {
+            c.pop_front();
+        }
+        c.push_back(((s, f), d));
+    }
+
+    /// Reads up to `len` bytes at `offset` of entry `index` (a file); short at the end.
+    pub async fn read(&self, index: usize, offset: u64, len: u64) -> Result<Bytes> {
+        let e = self
+            .inventory
+            .entries
+            .get(index)
+            .filter(|e| e.kind == Kind::File)
+            .ok_or_else(|| ArchiveError::Usage(format!("entry {index} is not a file")))?;
+        if offset >= e.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = len.min(e.size - offset);
+        let s = e.suitcase.expect("validated") as usize;
+        let start = e.offset.expect("validated") + offset;
+        let range = self.inventory.frames_for(s, start, len);
+        let first = range.start;
+        let frames = self.frames(s, range).await?;
+        let mut out = BytesMut::with_capacity(len as usize);
+        let case = &self.inventory.suitcases[s];
+        for (i, data) in frames.iter().enumerate() {
+            let fr = case.frames[first + i];
+            let lo = start.max(fr.tar_offset());
+            let hi = (start + len).min(fr.tar_offset() + fr.tar_len());
+            if lo < hi {
+                out.extend_from_slice(&data[(lo - fr.tar_offset()) as usize..(hi - fr.tar_offset()) as usize]);
+            }
+        }
+        Ok(out.freeze())
+    }
+}

@@ -1,0 +1,433 @@
+//! `ship`: walk, plan, and for each suitcase run three stages at once — pack (tar + hash,
+//! blocking thread) -> compress frames (blocking pool, in order) -> multipart upload
+//! (the adaptive client) — then upload the inventory as the commit point. A journal makes
+//! every step resumable; nothing touches local disk but the journal.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use s3opt::{OptimizedS3Client, PutOptions, ResumePoint};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::codec::Codec;
+use super::inventory::{self, Entry, Frame, INVENTORY_NAME, Inventory, Kind, Skipped, Suitcase, Totals};
+use super::journal::{self, Journal, Settings, SuitcaseRecord};
+use super::pack::{PackProgress, Packed, RawFrame, pack};
+use super::{ArchiveError, Result, join_key, plan, walk};
+
+/// What to ship and how.
+#[derive(Debug, Clone)]
+pub struct ShipOptions {
+    pub source: PathBuf,
+    pub bucket: String,
+    /// Archive prefix (may be empty).
+    pub prefix: String,
+    pub codec: Codec,
+    pub level: i32,
+    /// Cap on a suitcase's tar bytes.
+    pub suitcase_size: u64,
+    /// Uncompressed bytes per frame (the unit of a ranged read).
+    pub frame_size: u64,
+    /// Storage class, encryption (applied to suitcases; the inventory is always STANDARD).
+    pub put: PutOptions,
+    /// Fail instead of skipping files that vanish, change or cannot be read.
+    pub strict: bool,
+    /// Continue an interrupted run (false: discard it and start over).
+    pub resume: bool,
+    /// Where journals live.
+    pub state_dir: PathBuf,
+    /// Suitcases packed and uploaded at once.
+    pub parallel: usize,
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct ShipProgress {
+    pub pack: PackProgress,
+    pub total_files: AtomicU64,
+    pub total_bytes: AtomicU64,
+}
+
+/// What a ship did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShipReport {
+    pub archive: String,
+    pub inventory_key: String,
+    /// The archive already held exactly this tree; nothing was sent.
+    pub up_to_date: bool,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub suitcases: usize,
+    pub skipped: Vec<Skipped>,
+    /// Suitcases an interrupted run had finished.
+    pub resumed_suitcases: usize,
+    /// Parts of unfinished suitcases an interrupted run had sent (not sent again).
+    pub resumed_parts: u32,
+    pub resumed_bytes: u64,
+}
+
+fn destination(o: &ShipOptions) -> String {
+    format!("s3://{}/{}", o.bucket, o.prefix.trim_end_matches('/'))
+}
+
+fn source_of(o: &ShipOptions) -> Result<(PathBuf, String)> {
+    let source =
+        std::fs::canonicalize(&o.source).map_err(|e| ArchiveError::Source { path: o.source.clone(), source: e })?;
+    let text = source.to_str().ok_or_else(|| ArchiveError::Usage("source path is not UTF-8".into()))?.to_owned();
+    Ok((source, text))
+}
+
+fn suitcase_key(o: &ShipOptions, index: usize) -> String {
+    format!("suitcases/s-{index:06}.{}", o.codec.extension())
+}
+
+/// Ships `o.source` to `s3://o.bucket/o.prefix`.
+pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<ShipProgress>) -> Result<ShipReport> {
+    let (source, source_text) = source_of(o)?;
+    let dest = destination(o);
+    let dir = journal::dir_for(&o.state_dir, &source_text, &dest);
+    let settings = Settings {
+        source: source_text,
+        destination: dest.clone(),
+        codec: o.codec,
+        level: o.level,
+        suitcase_size: o.suitcase_size,
+        frame_size: o.frame_size,
+    };
+    let existing = Journal::open(&dir)?;
+    let journal = match existing {
+        Some(j) if o.resume => {
+            if j.settings != settings {
+                return Err(ArchiveError::Usage(format!(
+                    "an interrupted ship of {} to {dest} used different settings ({:?} level {}, suitcases of {} bytes, frames of {}); rerun with those, or add --no-resume to start over",
+                    settings.source,
+                    j.settings.codec,
+                    j.settings.level,
+                    j.settings.suitcase_size,
+                    j.settings.frame_size
+                )));
+            }
+            tracing::info!(dir = %dir.display(), "resuming an interrupted ship");
+            j
+        }
+        other => {
+            if let Some(j) = other {
+                discard_journal(client, &o.bucket, &o.prefix, j).await?;
+            }
+            let inv_key = join_key(&o.prefix, INVENTORY_NAME);
+            let listing = client.list(&o.bucket, &inv_key, None).await?;
+            let root = source.clone();
+            let walked = tokio::task::spawn_blocking(move || walk::walk(&root)).await.expect("walk task")?;
+            if listing.objects.iter().any(|e| e.key == inv_key) {
+                let existing = super::reader::fetch_inventory(client, &o.bucket, &o.prefix).await?;
+                if same_tree(&existing, &walked.items) {
+                    return Ok(report_of(&existing, dest, inv_key, true, Resumed::default()));
+                }
+                return Err(ArchiveError::Exists(dest));
+            }
+            let plan = plan::plan(walked.items, o.suitcase_size);
+            Journal::create(&dir, settings, plan, walked.skipped)?
+        }
+    };
+    let journal = Arc::new(journal);
+    for (items, state) in journal.plan.iter().zip(&journal.state) {
+        let files = items.iter().filter(|i| i.kind == Kind::File);
+        progress.total_files.fetch_add(files.clone().count() as u64, Relaxed);
+        progress.total_bytes.fetch_add(files.clone().map(|i| i.size).sum(), Relaxed);
+        if state.done.is_some() {
+            progress.pack.files.fetch_add(files.clone().count() as u64, Relaxed);
+            progress.pack.bytes.fetch_add(files.map(|i| i.size).sum(), Relaxed);
+        }
+    }
+
+    let n = journal.plan.len();
+    let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
+            async move { ship_suitcase(client, o, &source, &journal, i, progress).await.map(|(r, x)| (i, r, x)) }
+        })
+        .buffer_unordered(o.parallel.max(1))
+        .collect()
+        .await;
+    if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
+        // --strict stopped the run: leave nothing behind (no uploads, no suitcases, no journal).
+        let err = results.into_iter().nth(pos).expect("position is valid").expect_err("an error");
+        let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
+        let reopened = Journal::open(&dir)?.unwrap_or(journal);
+        discard_journal(client, &o.bucket, &o.prefix, reopened).await?;
+        return Err(err);
+    }
+    let mut records: Vec<Option<SuitcaseRecord>> = vec![None; n];
+    let mut resumed = Resumed::default();
+    for r in results {
+        let (i, record, x) = r?;
+        records[i] = Some(record);
+        resumed.suitcases += x.suitcases;
+        resumed.parts += x.parts;
+        resumed.bytes += x.bytes;
+    }
+    let records: Vec<SuitcaseRecord> = records.into_iter().map(|r| r.expect("every suitcase finished")).collect();
+
+    let mut skipped = journal.skipped.clone();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut suitcases: Vec<Suitcase> = Vec::new();
+    for r in records {
+        entries.extend(r.entries);
+        skipped.extend(r.skipped);
+        suitcases.push(r.suitcase);
+    }
+    let mut inv = Inventory {
+        format: inventory::FORMAT.into(),
+        version: inventory::VERSION,
+        digest: String::new(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: format!("cargoship {}", env!("CARGO_PKG_VERSION")),
+        source: journal.settings.source.clone(),
+        codec: o.codec,
+        level: o.level,
+        hash: "blake3".into(),
+        totals: Totals::of(&entries, &suitcases),
+        suitcases,
+        entries,
+        skipped,
+    };
+    let json = inv.to_json();
+    let inv_key = join_key(&o.prefix, INVENTORY_NAME);
+    let inv_opts = PutOptions {
+        content_length: Some(json.len() as u64),
+        content_type: Some("application/json".into()),
+        sse: o.put.sse.clone(),
+        sse_kms_key_id: o.put.sse_kms_key_id.clone(),
+        ..Default::default()
+    };
+    client.put_object(&o.bucket, &inv_key, &json[..], inv_opts).await?;
+    let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
+    journal.remove()?;
+    Ok(report_of(&inv, dest, inv_key, false, resumed))
+}
+
+fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date: bool, r: Resumed) -> ShipReport {
+    let t = &inv.totals;
+    ShipReport {
+        archive,
+        inventory_key,
+        up_to_date,
+        files: t.files,
+        dirs: t.dirs,
+        symlinks: t.symlinks,
+        bytes: t.bytes,
+        stored_bytes: t.stored_bytes,
+        suitcases: inv.suitcases.len(),
+        skipped: inv.skipped.clone(),
+        resumed_suitcases: r.suitcases,
+        resumed_parts: r.parts,
+        resumed_bytes: r.bytes,
+    }
+}
+
+/// Whether an archive holds exactly the tree as walked now (names, kinds, sizes, times,
+/// modes, link targets): then shipping it again has nothing to do.
+fn same_tree(inv: &Inventory, items: &[walk::Item]) -> bool {
+    inv.skipped.is_empty()
+        && inv.entries.len() == items.len()
+        && inv.entries.iter().zip(items).all(|(e, i)| {
+            (e.path.as_str(), e.kind, e.size, e.mtime, e.mtime_nsec, e.mode, e.target.as_deref())
+                == (i.path.as_str(), i.kind, i.size, i.mtime, i.mtime_nsec, i.mode, i.target.as_deref())
+        })
+}
+
+#[derive(Debug, Default)]
+struct Resumed {
+    suitcases: usize,
+    parts: u32,
+    bytes: u64,
+}
+
+async fn ship_suitcase(
+    client: &OptimizedS3Client,
+    o: &ShipOptions,
+    source: &Path,
+    journal: &Arc<Journal>,
+    index: usize,
+    progress: Arc<ShipProgress>,
+) -> Result<(SuitcaseRecord, Resumed)> {
+    let state = &journal.state[index];
+    if let Some(done) = &state.done {
+        return Ok((done.clone(), Resumed { suitcases: 1, ..Default::default() }));
+    }
+    let key = state.key.clone().unwrap_or_else(|| suitcase_key(o, index));
+    let resume = state.upload_id.clone().map(|upload_id| ResumePoint { upload_id, parts: state.parts.clone() });
+    let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone()).await;
+    let (record, put) = match first {
+        Err(ArchiveError::S3(e)) if state.upload_id.is_some() && restartable(&e) => {
+            tracing::warn!(suitcase = index, error = %e, "cannot continue the interrupted upload; sending this suitcase again");
+            let old = state.upload_id.as_deref().unwrap_or_default();
+            let _ = client.abort_multipart_upload(&o.bucket, &join_key(&o.prefix, &key), old).await;
+            journal.restart(index as u32);
+            upload_suitcase(client, o, source, journal, index, &key, None, progress).await?
+        }
+        other => other?,
+    };
+    journal.suitcase_done(index as u32, &record);
+    Ok((record, Resumed { suitcases: 0, parts: put.resumed_parts, bytes: put.resumed_bytes }))
+}
+
+/// Errors after which an interrupted upload is abandoned and the suitcase sent afresh.
+fn restartable(e: &s3opt::Error) -> bool {
+    matches!(e, s3opt::Error::ResumeMismatch { .. })
+        || matches!(e, s3opt::Error::Service { code, .. } if code == "NoSuchUpload")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload_suitcase(
+    client: &OptimizedS3Client,
+    o: &ShipOptions,
+    source: &Path,
+    journal: &Arc<Journal>,
+    index: usize,
+    key: &str,
+    resume: Option<ResumePoint>,
+    progress: Arc<ShipProgress>,
+) -> Result<(SuitcaseRecord, s3opt::PutResult)> {
+    let items = journal.plan[index].clone();
+    let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
+    let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
+    let (body_tx, mut body_rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (root, frame_size, strict) = (source.to_owned(), o.frame_size as usize, o.strict);
+    let packer = tokio::task::spawn_blocking(move || pack(&root, &items, frame_size, strict, &progress.pack, raw_tx));
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+    let compress = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx);
+    let reader = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));
+    let mut opts = o.put.clone();
+    opts.content_length = None;
+    opts.content_type = Some(
+        match o.codec {
+            Codec::Zstd => "application/zstd",
+            Codec::Gzip => "application/gzip",
+            Codec::None => "application/x-tar",
+        }
+        .into(),
+    );
+    opts.metadata.insert("cargoship-original-size".into(), raw_bytes.to_string());
+    opts.metadata.insert("cargoship-compression".into(), format!("{:?}:{}", o.codec, o.level).to_lowercase());
+    opts.metadata.insert("cargoship-format".into(), format!("suitcase-v{}", inventory::VERSION));
+    opts.journal = Some(journal.for_suitcase(index as u32, key, resume));
+    let full_key = join_key(&o.prefix, key);
+    let upload = client.put_object(&o.bucket, &full_key, reader, opts);
+    let (up, comp) = tokio::join!(upload, compress);
+    let (frames, packed) = comp?;
+    let put = up?;
+    let files = packed.entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
+    let stored = frames.last().map(|f| f.stored_offset() + f.stored_len()).unwrap_or(0);
+    let mut entries = packed.entries;
+    for e in entries.iter_mut().filter(|e| e.kind == Kind::File) {
+        let off = e.offset.expect("packed files have offsets");
+        e.suitcase = Some(index as u32);
+        e.frame = Some(frames.partition_point(|f| f.tar_offset() + f.tar_len() <= off) as u32);
+    }
+    let suitcase = Suitcase {
+        key: key.to_owned(),
+        size: stored,
+        tar_size: packed.tar_size,
+        crc64nvme: put.checksum_crc64nvme.clone(),
+        files,
+        frames,
+    };
+    Ok((SuitcaseRecord { suitcase, entries, skipped: packed.skipped }, put))
+}
+
+/// Compresses frames on the blocking pool (`workers` at once), passing them on in order
+/// and building the frame index. A packing failure reaches the upload as a stream error,
+/// so a suitcase is never completed short.
+async fn compress_stage(
+    mut raw: mpsc::Receiver<RawFrame>,
+    packer: JoinHandle<Result<Packed>>,
+    codec: Codec,
+    level: i32,
+    workers: usize,
+    body: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<(Vec<Frame>, Packed)> {
+    let mut pending = FuturesOrdered::new();
+    let mut frames = Vec::new();
+    let mut stored = 0u64;
+    let mut open = true;
+    let stopped = || ArchiveError::Pack("the upload stopped".into());
+    loop {
+        while open && pending.len() < workers {
+            match raw.recv().await {
+                Some(f) => pending.push_back(tokio::task::spawn_blocking(move || {
+                    let len = f.data.len() as u64;
+                    codec.compress(level, &f.data).map(|c| (f.tar_offset, len, c))
+                })),
+                None => open = false,
+            }
+        }
+        let Some(done) = pending.next().await else { break };
+        let (tar_offset, tar_len, data) =
+            done.expect("compress task").map_err(|e| ArchiveError::Pack(e.to_string()))?;
+        frames.push(Frame(stored, data.len() as u64, tar_offset, tar_len));
+        stored += data.len() as u64;
+        body.send(Ok(Bytes::from(data))).await.map_err(|_| stopped())?;
+    }
+    match packer.await.expect("packer task") {
+        Ok(packed) => Ok((frames, packed)),
+        Err(err) => {
+            let _ = body.send(Err(io::Error::other(err.to_string()))).await;
+            Err(err)
+        }
+    }
+}
+
+/// What discarding an interrupted ship removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Discarded {
+    pub aborted_uploads: usize,
+    pub deleted_suitcases: usize,
+}
+
+/// Discards the interrupted ship of `o.source` to `o`'s destination: aborts its multipart
+/// uploads, deletes the suitcases it finished (nothing references them: no inventory was
+/// written) and removes its journal.
+pub async fn discard(client: &OptimizedS3Client, o: &ShipOptions) -> Result<Discarded> {
+    let (_, source_text) = source_of(o)?;
+    let dest = destination(o);
+    let dir = journal::dir_for(&o.state_dir, &source_text, &dest);
+    let Some(j) = Journal::open(&dir)? else {
+        return Err(ArchiveError::Usage(format!("nothing to discard: no interrupted ship of {source_text} to {dest}")));
+    };
+    discard_journal(client, &o.bucket, &o.prefix, j).await
+}
+
+async fn discard_journal(client: &OptimizedS3Client, bucket: &str, prefix: &str, j: Journal) -> Result<Discarded> {
+    let mut out = Discarded::default();
+    for state in &j.state {
+        let key = match (&state.done, &state.key) {
+            (Some(done), _) => join_key(prefix, &done.suitcase.key),
+            (None, Some(key)) => join_key(prefix, key),
+            (None, None) => continue,
+        };
+        if state.done.is_some() {
+            client.delete(bucket, &key).await?;
+            out.deleted_suitcases += 1;
+        } else if let Some(id) = &state.upload_id {
+            match client.abort_multipart_upload(bucket, &key, id).await {
+                Ok(()) => out.aborted_uploads += 1,
+                Err(s3opt::Error::Service { code, .. }) if code == "NoSuchUpload" => {}
+                Err(s3opt::Error::NoSuchKey { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    j.remove()?;
+    Ok(out)
+}

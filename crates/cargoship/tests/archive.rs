@@ -1,0 +1,291 @@
+//! Archives end to end against the embedded S3 endpoint: ship a generated tree, restore
+//! it whole and file by file, and the bad inputs (tampered or escaping inventory, missing
+//! bucket, disk full on restore).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cargoship::archive::codec::Codec;
+use cargoship::archive::extract::ExtractProgress;
+use cargoship::archive::inventory::{INVENTORY_NAME, Inventory};
+use cargoship::archive::restore::{RestoreOptions, restore};
+use cargoship::archive::ship::{ShipOptions, ShipProgress, ship};
+use cargoship::archive::walk::walk;
+use cargoship::archive::{ArchiveError, ArchiveReader};
+use s3opt::{ClientConfig, OptimizedS3Client, PutOptions};
+use testbed::{EmbeddedServer, ServerConfig};
+
+const MIB: u64 = 1 << 20;
+
+struct Env {
+    dir: tempfile::TempDir,
+    _server: EmbeddedServer,
+    client: OptimizedS3Client,
+}
+
+async fn start() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let server = EmbeddedServer::start(ServerConfig::ephemeral(dir.path().join("store"))).await.unwrap();
+    server.create_bucket("bucket").unwrap();
+    let cfg = ClientConfig {
+        endpoint_url: Some(server.endpoint_url()),
+        region: Some("us-east-1".into()),
+        credentials: Some((server.config().access_key.clone(), server.config().secret_key.clone())),
+        part_size: 5 * MIB,
+        memory_budget: 64 * MIB,
+        ..ClientConfig::default()
+    };
+    let client = OptimizedS3Client::new(cfg).await.unwrap();
+    Env { dir, _server: server, client }
+}
+
+fn options(env: &Env, source: &Path, prefix: &str) -> ShipOptions {
+    ShipOptions {
+        source: source.to_owned(),
+        bucket: "bucket".into(),
+        prefix: prefix.into(),
+        codec: Codec::Zstd,
+        level: 3,
+        suitcase_size: 16 * MIB,
+        frame_size: 2 * MIB,
+        put: PutOptions::default(),
+        strict: false,
+        resume: true,
+        state_dir: env.dir.path().join("state"),
+        parallel: 2,
+    }
+}
+
+/// Deterministic bytes that compress somewhat (like real data, unlike zeros or noise).
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            if i % 4 == 0 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            if i % 3 == 0 { b'a' + (x % 8) as u8 } else { (x >> (i % 4 * 8)) as u8 }
+        })
+        .collect()
+}
+
+fn set_mtime(path: &Path, secs: i64, nanos: u32) {
+    let t = filetime::FileTime::from_unix_time(secs, nanos);
+    filetime::set_symlink_file_times(path, t, t).unwrap();
+}
+
+/// The tree of the issue: nested dirs, empty files and dirs, unicode names, a symlink, a
+/// 100 MiB file and 10,000 tiny files.
+fn make_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root.join("nested/deeper/deepest")).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::create_dir_all(root.join("tiny")).unwrap();
+    std::fs::write(root.join("nested/deeper/deepest/leaf.txt"), b"leaf\n").unwrap();
+    std::fs::write(root.join("nested/empty-file"), b"").unwrap();
+    std::fs::write(root.join("données – ünïcödé ✓.txt"), "unicode name\n").unwrap();
+    std::fs::write(root.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(root.join("script.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("nested/deeper/deepest/leaf.txt", root.join("link-to-leaf")).unwrap();
+    std::fs::write(root.join("big.bin"), data(1, 100 * MIB as usize)).unwrap();
+    for i in 0..10_000u64 {
+        let dir = root.join("tiny").join(format!("{:02}", i % 50));
+        if i < 50 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(dir.join(format!("f{i:05}.dat")), data(i + 7, (i % 97) as usize * 11)).unwrap();
+    }
+    set_mtime(&root.join("big.bin"), 1_600_000_000, 123_456_789);
+    set_mtime(&root.join("link-to-leaf"), 1_500_000_000, 0);
+    set_mtime(&root.join("empty-dir"), 1_400_000_000, 5);
+}
+
+/// Asserts two trees are the same: names, kinds, sizes, modes, mtimes, link targets and
+/// file contents.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (wa, wb) = (walk(a).unwrap(), walk(b).unwrap());
+    assert_eq!(wa.items.len(), wb.items.len(), "entry counts");
+    for (x, y) in wa.items.iter().zip(&wb.items) {
+        assert_eq!(x, y, "metadata of {}", x.path);
+        if x.kind == cargoship::archive::inventory::Kind::File {
+            assert!(std::fs::read(a.join(&x.path)).unwrap() == std::fs::read(b.join(&y.path)).unwrap(), "{}", x.path);
+        }
+    }
+}
+
+fn restore_opts(dest: PathBuf, patterns: &[&str]) -> RestoreOptions {
+    RestoreOptions { dest, patterns: patterns.iter().map(|s| s.to_string()).collect(), overwrite: false, parallel: 2 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_ships_and_restores_whole_and_one_file_by_ranged_reads() {
+    let env = start().await;
+    let src = env.dir.path().join("src");
+    make_tree(&src);
+    let o = ShipOptions { suitcase_size: 4 * MIB, ..options(&env, &src, "archives/one") };
+    let report = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    assert_eq!(report.files, 10_005);
+    assert!(report.suitcases >= 3, "4 MiB suitcases: {}", report.suitcases);
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert!(report.stored_bytes < report.bytes, "compressed");
+    assert!(env.client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left open");
+    assert!(!env.dir.path().join("state/journals").read_dir().unwrap().any(|_| true), "journal removed");
+
+    // Whole restore.
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "archives/one").await.unwrap();
+    let out = env.dir.path().join("out");
+    let r = restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_eq!(r.files, 10_005);
+    assert_same_tree(&src, &out);
+
+    // One file out of a multi-suitcase archive fetches a small fraction of it.
+    let before = env.client.bytes_received();
+    let one = env.dir.path().join("one");
+    let path = "tiny/07/f05007.dat";
+    let r = restore(&reader, &restore_opts(one.clone(), &[path]), Arc::new(ExtractProgress::default())).await.unwrap();
+    let fetched = env.client.bytes_received() - before;
+    assert_eq!(r.files, 1);
+    assert_eq!(std::fs::read(one.join(path)).unwrap(), std::fs::read(src.join(path)).unwrap());
+    assert!(fetched * 20 < report.stored_bytes, "fetched {fetched} of {} stored bytes", report.stored_bytes);
+
+    // Reading inside the big file touches only its frames.
+    let idx = reader.inventory().entries.iter().position(|e| e.path == "big.bin").unwrap();
+    let before = env.client.bytes_received();
+    let got = reader.read(idx, 50 * MIB, 4096).await.unwrap();
+    assert_eq!(&got[..], &data(1, 100 * MIB as usize)[50 * MIB as usize..50 * MIB as usize + 4096]);
+    assert!(env.client.bytes_received() - before <= 2 * MIB, "one frame at most");
+
+    // Restoring again refuses to overwrite, and writes nothing.
+    let err =
+        restore(&reader, &restore_opts(one.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::WouldOverwrite(_)), "{err}");
+    assert!(!one.join("big.bin").exists());
+
+    // Shipping the same tree again has nothing to do; a changed tree is refused.
+    let before = env.client.bytes_sent();
+    let again = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    assert!(again.up_to_date && again.files == 10_005);
+    assert_eq!(env.client.bytes_sent(), before, "nothing sent");
+    std::fs::write(src.join("new-file"), b"new").unwrap();
+    let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Exists(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_uncompressed_archives_round_trip() {
+    let env = start().await;
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/a.txt"), data(3, 3_000_000)).unwrap();
+    std::fs::write(src.join("b.txt"), b"bee").unwrap();
+    for (codec, level) in [(Codec::Gzip, 6), (Codec::None, 0)] {
+        let prefix = format!("{codec:?}");
+        let o = ShipOptions { codec, level, frame_size: 256 << 10, ..options(&env, &src, &prefix) };
+        ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+        let reader = ArchiveReader::open(env.client.clone(), "bucket", &prefix).await.unwrap();
+        let out = env.dir.path().join(format!("out-{prefix}"));
+        restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+        assert_same_tree(&src, &out);
+    }
+}
+
+async fn small_archive(env: &Env, prefix: &str) -> PathBuf {
+    let src = env.dir.path().join(format!("src-{prefix}"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), data(9, 5 * MIB as usize)).unwrap();
+    std::fs::write(src.join("b.txt"), b"bee").unwrap();
+    ship(&env.client, &options(env, &src, prefix), Arc::new(ShipProgress::default())).await.unwrap();
+    src
+}
+
+async fn inventory_json(env: &Env, prefix: &str) -> Inventory {
+    let mut buf = Vec::new();
+    env.client.get_object("bucket", &format!("{prefix}/{INVENTORY_NAME}"), &mut buf).await.unwrap();
+    Inventory::from_json(&buf).unwrap()
+}
+
+async fn replace_inventory(env: &Env, prefix: &str, bytes: Vec<u8>) {
+    let key = format!("{prefix}/{INVENTORY_NAME}");
+    env.client.put_object("bucket", &key, &bytes[..], PutOptions::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_escaping_inventories_are_refused_before_anything_is_written() {
+    let env = start().await;
+    small_archive(&env, "t").await;
+    let out = env.dir.path().join("out");
+
+    // Edited by hand: the digest no longer matches.
+    let mut inv = inventory_json(&env, "t").await;
+    let json = String::from_utf8(inv.to_json()).unwrap().replace("\"b.txt\"", "\"c.txt\"");
+    replace_inventory(&env, "t", json.into_bytes()).await;
+    let err = ArchiveReader::open(env.client.clone(), "bucket", "t").await.err().unwrap();
+    assert!(err.to_string().contains("inventory was modified"), "{err}");
+
+    // Re-digested, but pointing outside the destination.
+    inv.entries.iter_mut().find(|e| e.path == "b.txt").unwrap().path = "../escaped.txt".into();
+    replace_inventory(&env, "t", inv.to_json()).await;
+    let err = ArchiveReader::open(env.client.clone(), "bucket", "t").await.err().unwrap();
+    assert!(matches!(err, ArchiveError::Inventory(_)) && err.to_string().contains("'..'"), "{err}");
+    assert!(!env.dir.path().join("escaped.txt").exists() && !out.exists());
+
+    // Not an archive at all.
+    let err = ArchiveReader::open(env.client.clone(), "bucket", "nothing-here").await.err().unwrap();
+    assert!(matches!(err, ArchiveError::NotAnArchive(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_to_a_missing_bucket_fails_clearly_and_leaves_no_journal() {
+    let env = start().await;
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    let o = ShipOptions { bucket: "no-such-bucket".into(), ..options(&env, &src, "p") };
+    let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::S3(s3opt::Error::NoSuchBucket { .. })), "{err}");
+    assert!(!env.dir.path().join("state/journals").exists());
+
+    let o = ShipOptions { source: env.dir.path().join("missing"), ..options(&env, &src, "p") };
+    let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Source { .. }) && err.to_string().contains("missing"), "{err}");
+}
+
+/// A tmpfs of `size` mounted at `dir` for the test's lifetime (the tests run as root).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a small tmpfs needs root (CI runs as root)");
+        Self(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_restore_is_a_clear_error_and_leaves_no_partial_file() {
+    let env = start().await;
+    small_archive(&env, "full").await;
+    let disk = SmallDisk::mount(env.dir.path().join("small"), "2m");
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "full").await.unwrap();
+    let err =
+        restore(&reader, &restore_opts(disk.0.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ArchiveError::Write { .. }) && msg.contains("No space left"), "{msg}");
+    assert!(msg.contains("a.bin"), "names the file: {msg}");
+    let left: Vec<_> = std::fs::read_dir(&disk.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains("cargoship-partial")), "{left:?}");
+    assert!(!disk.0.join("a.bin").exists());
+}

@@ -1,0 +1,269 @@
+//! `cargoship ship` as a process: killed with SIGKILL mid-upload (twice) and re-run, it
+//! finishes without re-sending acknowledged parts and the archive restores identically;
+//! unreadable files are skipped and listed, or stop a `--strict` run leaving nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use s3opt::{ClientConfig, OptimizedS3Client};
+use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cargoship");
+const MIB: usize = 1 << 20;
+
+struct Env {
+    dir: tempfile::TempDir,
+    server: EmbeddedServer,
+    endpoint: String,
+}
+
+impl Env {
+    async fn start(scenario: Option<&str>) -> (Self, Option<Emulator>) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = EmbeddedServer::start(ServerConfig::ephemeral(dir.path().join("store"))).await.unwrap();
+        server.create_bucket("bucket").unwrap();
+        let (endpoint, emu) = match scenario {
+            Some(s) => {
+                let scenario = Scenario::parse(&format!("name = \"t\"\n{s}")).unwrap();
+                let emu =
+                    Emulator::start(scenario, "127.0.0.1:0".parse().unwrap(), &server.endpoint_url()).await.unwrap();
+                (emu.endpoint_url(), Some(emu))
+            }
+            None => (server.endpoint_url(), None),
+        };
+        (Self { dir, server, endpoint }, emu)
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") || k.starts_with("CARGOSHIP_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("HOME", self.dir.path())
+            .env("CARGOSHIP_STATE_DIR", self.dir.path().join("state"))
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "cargoship")
+            .env("AWS_SECRET_ACCESS_KEY", "cargoship-secret")
+            .env("AWS_REGION", "us-east-1")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.unwrap()
+    }
+
+    async fn client(&self) -> OptimizedS3Client {
+        let cfg = ClientConfig {
+            endpoint_url: Some(self.server.endpoint_url()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("cargoship".into(), "cargoship-secret".into())),
+            ..ClientConfig::default()
+        };
+        OptimizedS3Client::new(cfg).await.unwrap()
+    }
+
+    /// The event log of the (single) ship journal.
+    fn events(&self) -> String {
+        let Ok(dirs) = std::fs::read_dir(self.dir.path().join("state/journals")) else { return String::new() };
+        dirs.filter_map(|d| std::fs::read_to_string(d.unwrap().path().join("events.jsonl")).ok()).collect()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Incompressible bytes (zstd cannot shrink them, so sizes stay predictable).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn trees_equal(a: &Path, b: &Path) {
+    let (wa, wb) = (cargoship::archive::walk::walk(a).unwrap(), cargoship::archive::walk::walk(b).unwrap());
+    assert_eq!(wa.items, wb.items);
+    for i in wa.items.iter().filter(|i| i.kind == cargoship::archive::inventory::Kind::File) {
+        assert!(std::fs::read(a.join(&i.path)).unwrap() == std::fs::read(b.join(&i.path)).unwrap(), "{}", i.path);
+    }
+}
+
+/// Starts a ship and SIGKILLs it once `until` holds for its journal's events.
+async fn ship_and_kill(env: &Env, args: &[&str], until: impl Fn(&str) -> bool) {
+    let mut child = env.command(args).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if until(&env.events()) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("ship ended ({status}) before it could be killed; events: {}", env.events());
+        }
+        assert!(Instant::now() < deadline, "ship never reached the kill point");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ship_resumes_without_resending_acknowledged_parts() {
+    // 8 MB/s, so the ~40 MB upload takes seconds and can be killed part-way.
+    let (env, _emu) = Env::start(Some("[link]\nrtt_ms = 2.0\nbottleneck_up_mbps = 8.0\n")).await;
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(src.join(format!("sub/big-{i}.bin")), noise(i, 12 * MIB + 1000)).unwrap();
+    }
+    std::fs::write(src.join("small.txt"), b"small").unwrap();
+    let args = [
+        "--json",
+        "-q",
+        "--concurrency",
+        "2",
+        "--part-size",
+        "5MiB",
+        "ship",
+        src.to_str().unwrap(),
+        "s3://bucket/arch",
+        "--suitcase-size",
+        "12MiB",
+        "--parallel-suitcases",
+        "1",
+    ];
+    let parts = |e: &str| e.matches("\"event\":\"part\"").count();
+    // Kill 1: inside the first suitcase, after its first acknowledged part.
+    ship_and_kill(&env, &args, |e| parts(e) >= 1).await;
+    let at_first_kill = parts(&env.events());
+    // Kill 2: after a whole suitcase and a part of the next one.
+    ship_and_kill(&env, &args, |e| e.contains("\"event\":\"done\"") && parts(e) >= at_first_kill + 3).await;
+    let events = env.events();
+    let done_before = events.matches("\"event\":\"done\"").count();
+    assert!(done_before >= 1, "{events}");
+
+    let o = env.run(&args).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["files"], 4);
+    let resumed_suitcases = j["resumed_suitcases"].as_u64().unwrap() as usize;
+    let resumed_bytes = j["resumed_bytes"].as_u64().unwrap();
+    eprintln!("resumed: {resumed_suitcases} suitcases, {} parts, {resumed_bytes} bytes", j["resumed_parts"]);
+    assert_eq!(resumed_suitcases, done_before);
+    assert!(j["resumed_parts"].as_u64().unwrap() >= 1 || resumed_suitcases == 3, "{j}");
+
+    // The last run sent exactly what had not been acknowledged: the unfinished suitcases
+    // minus their resumed parts, plus the inventory. No acknowledged byte went twice.
+    let client = env.client().await;
+    let mut inv = Vec::new();
+    client.get_object("bucket", "arch/cargoship-inventory.json", &mut inv).await.unwrap();
+    let inventory = cargoship::archive::Inventory::from_json(&inv).unwrap();
+    let unfinished: u64 = inventory.suitcases[resumed_suitcases..].iter().map(|s| s.size).sum();
+    let sent = j["metrics"]["bytes_sent"].as_u64().unwrap();
+    assert_eq!(sent, unfinished - resumed_bytes + inv.len() as u64, "{j}");
+    assert!(client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left open");
+    assert!(env.events().is_empty(), "journal removed after the commit");
+
+    let out = env.dir.path().join("out");
+    let o = env.run(&["-q", "restore", "s3://bucket/arch", out.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    trees_equal(&src, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_ship_can_be_discarded_leaving_nothing_behind() {
+    let (env, _emu) = Env::start(Some("[link]\nrtt_ms = 2.0\nbottleneck_up_mbps = 8.0\n")).await;
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), noise(1, 30 * MIB)).unwrap();
+    let ship = ["--concurrency", "2", "--part-size", "5MiB", "ship", src.to_str().unwrap(), "s3://bucket/gone"];
+    ship_and_kill(&env, &ship, |e| e.contains("\"event\":\"part\"")).await;
+    let client = env.client().await;
+    assert_eq!(client.list_multipart_uploads("bucket", "").await.unwrap().len(), 1);
+    let o = env.run(&[&ship[..], &["--abort"]].concat()).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 multipart upload(s) aborted"), "{}", stderr(&o));
+    assert!(client.list_multipart_uploads("bucket", "").await.unwrap().is_empty());
+    assert!(client.list("bucket", "gone", None).await.unwrap().objects.is_empty());
+    assert!(env.events().is_empty());
+    let o = env.run(&[&ship[..], &["--abort"]].concat()).await;
+    assert_eq!(o.status.code(), Some(2), "nothing left to discard: {}", stderr(&o));
+}
+
+/// Makes `path` and its ancestors up to `root` traversable by anyone.
+fn open_up(root: &Path, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut p: Option<PathBuf> = Some(path.to_owned());
+    while let Some(dir) = p {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if dir == root {
+            break;
+        }
+        p = dir.parent().map(Path::to_owned);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_files_are_skipped_and_listed_or_stop_a_strict_ship_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let (env, _) = Env::start(None).await;
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("ok.txt"), b"fine").unwrap();
+    std::fs::write(src.join("secret.txt"), b"private").unwrap();
+    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::create_dir_all(env.dir.path().join("state")).unwrap();
+    for p in [&src, &env.dir.path().join("state")] {
+        open_up(env.dir.path(), p);
+    }
+    std::fs::set_permissions(src.join("ok.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Root reads everything; run as nobody so the permission really bites.
+    let as_nobody = |extra: &[&str]| {
+        let mut args = vec!["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "-q"];
+        args.extend_from_slice(extra);
+        let cmd = env.command(&[]);
+        let mut c = tokio::process::Command::new("setpriv");
+        c.args(&args);
+        for (k, v) in cmd.as_std().get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    };
+    let src_s = src.to_str().unwrap();
+    let o = as_nobody(&["ship", src_s, "s3://bucket/skip"]).output().await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped secret.txt: cannot be read: Permission denied"), "{}", stderr(&o));
+    let client = env.client().await;
+    let mut inv = Vec::new();
+    client.get_object("bucket", "skip/cargoship-inventory.json", &mut inv).await.unwrap();
+    let inventory = cargoship::archive::Inventory::from_json(&inv).unwrap();
+    assert_eq!(inventory.skipped.len(), 1);
+    assert_eq!(inventory.skipped[0].path, "secret.txt");
+    assert_eq!(inventory.totals.files, 1);
+
+    let o = as_nobody(&["ship", src_s, "s3://bucket/strict", "--strict"]).output().await.unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("secret.txt cannot be read"), "{}", stderr(&o));
+    assert!(client.list("bucket", "strict", None).await.unwrap().objects.is_empty(), "no suitcase left");
+    assert!(client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left");
+    assert!(env.events().is_empty(), "no journal left");
+
+    let o = env.run(&["ship", env.dir.path().join("missing").to_str().unwrap(), "s3://bucket/x"]).await;
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+}
