@@ -277,3 +277,107 @@ async fn clear_errors_for_a_missing_mountpoint_a_missing_bucket_and_unmounting_n
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not mounted"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mounted_archive_shows_its_inventory_and_reads_like_the_source() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if skip() {
+        return;
+    }
+    let env = start().await;
+    let home = env.dir.path();
+    // The tree to ship: nested files, a big one spanning many frames, a symlink, modes.
+    let src = home.join("tree");
+    std::fs::create_dir_all(src.join("docs/deep")).unwrap();
+    std::fs::write(src.join("docs/readme.md"), b"# archived\n").unwrap();
+    std::fs::set_permissions(src.join("docs/readme.md"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::write(src.join("docs/deep/note.txt"), b"deep note\n").unwrap();
+    let big = data(5 * MIB + 17, 9);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("docs/readme.md", src.join("link")).unwrap();
+    let ship = command(&env.server, home)
+        .args(["--quiet", "ship"])
+        .arg(&src)
+        .args(["s3://bucket/arch", "--frame-size", "256KiB"])
+        .output();
+    let out = tokio::time::timeout(STEP, ship).await.unwrap().unwrap();
+    assert!(out.status.success(), "ship: {}", String::from_utf8_lossy(&out.stderr));
+
+    let mnt = home.join("mnt");
+    let mut m = {
+        let child = command(&env.server, home)
+            .args(["mount", "--archive", "s3://bucket/arch"])
+            .arg(&mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut m = Mounted { child: Some(child), path: mnt.clone() };
+        for _ in 0..200 {
+            if mounted(&mnt) {
+                break;
+            }
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = m.child.take().unwrap().wait_with_output().await.unwrap();
+                panic!("mount --archive exited with {status}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(mounted(&mnt), "archive not mounted within 20 s");
+        m
+    };
+
+    let ls = sh("ls", &["-R".as_ref(), mnt.as_os_str()]).await;
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    for name in ["big.bin", "docs", "readme.md", "deep", "note.txt", "link"] {
+        assert!(listing.contains(name), "{name} missing from ls -R:\n{listing}");
+    }
+    assert!(!listing.contains("inventory"), "the archive's own objects are not shown:\n{listing}");
+    let cat = sh("cat", &[mnt.join("docs/deep/note.txt").as_os_str()]).await;
+    assert_eq!(cat.stdout, b"deep note\n");
+    let via_link = sh("cat", &[mnt.join("link").as_os_str()]).await;
+    assert_eq!(via_link.stdout, b"# archived\n");
+    let cmp = sh("cmp", &[mnt.join("big.bin").as_os_str(), src.join("big.bin").as_os_str()]).await;
+    assert!(cmp.status.success(), "cmp: {}", String::from_utf8_lossy(&cmp.stdout));
+
+    // Names, sizes, modes and times come from the inventory.
+    let (m_src, m_mnt) = (src.join("docs/readme.md"), mnt.join("docs/readme.md"));
+    let (a, b) = blocking(move || (std::fs::metadata(m_src).unwrap(), std::fs::metadata(m_mnt).unwrap())).await;
+    assert_eq!((b.len(), b.mode() & 0o7777, b.mtime()), (a.len(), 0o640, a.mtime()));
+    let l = mnt.join("link");
+    assert_eq!(blocking(move || std::fs::read_link(l).unwrap()).await, Path::new("docs/readme.md"));
+
+    // Random-offset reads across frame boundaries.
+    let p = mnt.join("big.bin");
+    blocking(move || {
+        let f = std::fs::File::open(p).unwrap();
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        for _ in 0..40 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let off = (x % big.len() as u64) as usize;
+            let len = 1 + (x >> 44) as usize % (600 * 1024);
+            let mut buf = vec![0u8; len];
+            let n = f.read_at(&mut buf, off as u64).unwrap();
+            assert!(n > 0 && buf[..n] == big[off..off + n], "mismatch at {off}+{n}");
+        }
+    })
+    .await;
+
+    let (missing, dir) = (mnt.join("docs/nope"), mnt.clone());
+    let (enoent, erofs) = blocking(move || {
+        (
+            std::fs::File::open(missing).unwrap_err().raw_os_error(),
+            std::fs::File::create(dir.join("new")).unwrap_err().raw_os_error(),
+        )
+    })
+    .await;
+    assert_eq!((enoent, erofs), (Some(2), Some(30)));
+
+    let un = command(&env.server, home).arg("unmount").arg(&mnt).output();
+    assert!(tokio::time::timeout(STEP, un).await.unwrap().unwrap().status.success());
+    let out = tokio::time::timeout(STEP, m.child.take().unwrap().wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

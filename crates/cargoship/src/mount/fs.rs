@@ -1,7 +1,9 @@
 //! The FUSE filesystem: a read-only view of `s3://bucket/prefix` through an
 //! [`OptimizedS3Client`]. Metadata comes from delimited listings (cached with a TTL in
-//! [`Tree`]); every open file gets its own prefetching [`ObjectReader`], and reads are
-//! answered from tokio tasks so a slow GET never holds a FUSE worker thread.
+//! [`Tree`]) or from an archive's inventory; every open object gets its own prefetching
+//! [`ObjectReader`], archive members are read through the [`ArchiveReader`] (only the
+//! frames that hold the bytes), and reads are answered from tokio tasks so a slow GET never
+//! holds a FUSE worker thread.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use cargoship::archive::{ArchiveError, ArchiveReader};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
@@ -21,13 +24,22 @@ use super::tree::{Kind, Node, Tree};
 const ATTR_TTL: Duration = Duration::from_secs(1);
 const BLKSIZE: u32 = 128 * 1024;
 
+/// An open file.
+#[derive(Clone)]
+enum Handle {
+    Object(Arc<tokio::sync::Mutex<ObjectReader>>),
+    /// Entry index in the archive's inventory.
+    Member(usize),
+}
+
 /// The mounted filesystem.
 pub struct ObjectFs {
     client: OptimizedS3Client,
     bucket: String,
     rt: tokio::runtime::Handle,
     tree: std::sync::Mutex<Tree>,
-    handles: std::sync::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<ObjectReader>>>>,
+    handles: std::sync::Mutex<HashMap<u64, Handle>>,
+    archive: Option<Arc<ArchiveReader>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -50,10 +62,17 @@ impl ObjectFs {
             rt,
             tree: std::sync::Mutex::new(tree),
             handles: std::sync::Mutex::new(HashMap::new()),
+            archive: None,
             next_fh: AtomicU64::new(1),
             uid,
             gid,
         }
+    }
+
+    /// Serves files of `archive` (whose inventory the tree was built from).
+    pub fn with_archive(mut self, archive: ArchiveReader) -> Self {
+        self.archive = Some(Arc::new(archive));
+        self
     }
 
     fn tree(&self) -> std::sync::MutexGuard<'_, Tree> {
@@ -72,10 +91,16 @@ impl ObjectFs {
     }
 
     fn attr(&self, node: &Node, mounted_at: std::time::SystemTime) -> FileAttr {
-        let (kind, size, mtime, perm, nlink) = match &node.kind {
+        let (kind, size, mut mtime, mut perm, nlink) = match &node.kind {
             Kind::Dir { .. } => (FileType::Directory, 0, mounted_at, 0o555, 2),
             Kind::File { size, mtime, .. } => (FileType::RegularFile, *size, *mtime, 0o444, 1),
+            Kind::Member { size, .. } => (FileType::RegularFile, *size, mounted_at, 0o444, 1),
+            Kind::Symlink { target } => (FileType::Symlink, target.len() as u64, mounted_at, 0o777, 1),
         };
+        if let Some((mode, time)) = node.meta {
+            perm = (mode & 0o7777) as u16;
+            mtime = time;
+        }
         FileAttr {
             ino: INodeNo(node.ino),
             size,
@@ -137,14 +162,23 @@ impl Filesystem for ObjectFs {
         }
         let (key, size, mtime) = match self.tree().get(ino.0).map(|n| n.kind.clone()) {
             Some(Kind::File { key, size, mtime }) => (key, size, mtime),
+            Some(Kind::Member { index, .. }) => {
+                let fh = self.next_fh.fetch_add(1, Relaxed);
+                self.handles.lock().expect("handles lock").insert(fh, Handle::Member(index));
+                return reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
             Some(Kind::Dir { .. }) => return reply.error(Errno::EISDIR),
+            Some(Kind::Symlink { .. }) => return reply.error(Errno::ELOOP),
             None => return reply.error(Errno::ENOENT),
         };
         // The listing's modification time tells versions of the object apart in the cache.
         let version = format!("{:?}", mtime.duration_since(std::time::UNIX_EPOCH).unwrap_or_default());
         let reader = self.client.reader_with_version(&self.bucket, &key, size, &version);
         let fh = self.next_fh.fetch_add(1, Relaxed);
-        self.handles.lock().expect("handles lock").insert(fh, Arc::new(tokio::sync::Mutex::new(reader)));
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .insert(fh, Handle::Object(Arc::new(tokio::sync::Mutex::new(reader))));
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
@@ -159,19 +193,38 @@ impl Filesystem for ObjectFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(reader) = self.handles.lock().expect("handles lock").get(&fh.0).cloned() else {
+        let Some(handle) = self.handles.lock().expect("handles lock").get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        self.rt.spawn(async move {
-            let mut reader = reader.lock().await;
-            match reader.read(offset, u64::from(size)).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => {
-                    tracing::warn!(offset, size, error = %e, "read failed");
-                    reply.error(errno(&e))
-                }
+        match handle {
+            Handle::Object(reader) => {
+                self.rt.spawn(async move {
+                    let mut reader = reader.lock().await;
+                    match reader.read(offset, u64::from(size)).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => {
+                            tracing::warn!(offset, size, error = %e, "read failed");
+                            reply.error(errno(&e))
+                        }
+                    }
+                });
             }
-        });
+            Handle::Member(index) => {
+                let Some(archive) = self.archive.clone() else { return reply.error(Errno::EIO) };
+                self.rt.spawn(async move {
+                    match archive.read(index, offset, u64::from(size)).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => {
+                            tracing::warn!(index, offset, size, error = %e, "archive read failed");
+                            reply.error(match &e {
+                                ArchiveError::S3(e) => errno(e),
+                                _ => Errno::EIO,
+                            })
+                        }
+                    }
+                });
+            }
+        }
     }
 
     fn release(
@@ -186,6 +239,14 @@ impl Filesystem for ObjectFs {
     ) {
         self.handles.lock().expect("handles lock").remove(&fh.0);
         reply.ok();
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.tree().get(ino.0).map(|n| &n.kind) {
+            Some(Kind::Symlink { target }) => reply.data(target.as_bytes()),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -210,7 +271,8 @@ impl Filesystem for ObjectFs {
         for child in tree.children(ino.0) {
             let kind = match child.kind {
                 Kind::Dir { .. } => FileType::Directory,
-                Kind::File { .. } => FileType::RegularFile,
+                Kind::File { .. } | Kind::Member { .. } => FileType::RegularFile,
+                Kind::Symlink { .. } => FileType::Symlink,
             };
             entries.push((child.ino, kind, child.name.clone()));
         }

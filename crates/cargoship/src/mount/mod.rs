@@ -1,5 +1,6 @@
 //! `cargoship mount` and `cargoship unmount`: a read-only FUSE view of `s3://bucket/prefix`
-//! (objects as files, `/` in keys as directories), read through s3opt's prefetching reader.
+//! (objects as files, `/` in keys as directories), read through s3opt's prefetching reader;
+//! with `--archive`, the tree of a shipped archive's inventory, read frame by frame.
 //!
 //! [`tree`] is the namespace (listings cached with a TTL), [`fs`] the FUSE callbacks. The
 //! mount runs in the foreground until Ctrl-C, SIGTERM or `cargoship unmount MOUNTPOINT`.
@@ -10,7 +11,9 @@ pub mod tree;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use cargoship::archive::ArchiveReader;
+use cargoship::archive::inventory::{Inventory, Kind};
 use fuser::MountOption;
 
 use crate::cli::GlobalOpts;
@@ -65,23 +68,26 @@ pub enum MountError {
 /// `cargoship mount`.
 pub async fn run(g: &GlobalOpts, args: &MountArgs) -> anyhow::Result<()> {
     let src = S3Url::parse(&args.source)?;
-    if args.archive {
-        bail!(
-            "--archive is not available in this build yet: it needs the archive reader (crates/cargoship/src/archive)"
-        );
-    }
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     check_fuse()?;
     let session = setup::connect(g).await?;
     let client = session.client.clone();
     let prefix = if src.key.is_empty() || src.key.ends_with('/') { src.key.clone() } else { format!("{}/", src.key) };
-    // The first listing checks the bucket and the credentials before anything is mounted.
-    let listing = client.list(&src.bucket, &prefix, Some("/")).await?;
-    let ttl = Duration::try_from_secs_f64(args.list_ttl.max(0.0)).context("--list-ttl is not a duration")?;
-    let mut tree = tree::Tree::new(&prefix, ttl, SystemTime::now());
-    tree.apply_listing(tree::ROOT, &listing, Instant::now());
     let (uid, gid) = owner();
-    let fs = fs::ObjectFs::new(client, src.bucket.clone(), tree, tokio::runtime::Handle::current(), uid, gid);
+    let rt = tokio::runtime::Handle::current();
+    let fs = if args.archive {
+        // Fetching the inventory checks the bucket, the credentials and the archive.
+        let archive = ArchiveReader::open(client.clone(), &src.bucket, &prefix).await?;
+        let tree = tree::Tree::from_archive(archive_entries(archive.inventory()), SystemTime::now());
+        fs::ObjectFs::new(client, src.bucket.clone(), tree, rt, uid, gid).with_archive(archive)
+    } else {
+        // The first listing checks the bucket and the credentials before anything is mounted.
+        let listing = client.list(&src.bucket, &prefix, Some("/")).await?;
+        let ttl = Duration::try_from_secs_f64(args.list_ttl.max(0.0)).context("--list-ttl is not a duration")?;
+        let mut tree = tree::Tree::new(&prefix, ttl, SystemTime::now());
+        tree.apply_listing(tree::ROOT, &listing, Instant::now());
+        fs::ObjectFs::new(client, src.bucket.clone(), tree, rt, uid, gid)
+    };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -98,7 +104,8 @@ pub async fn run(g: &GlobalOpts, args: &MountArgs) -> anyhow::Result<()> {
     let mut running = tokio::task::spawn_blocking(move || fuse.run());
     if !g.quiet {
         eprintln!(
-            "mounted s3://{}/{prefix} at {} (read-only); Ctrl-C, SIGTERM or `cargoship unmount {}` to unmount",
+            "mounted {}s3://{}/{prefix} at {} (read-only); Ctrl-C, SIGTERM or `cargoship unmount {}` to unmount",
+            if args.archive { "the archive at " } else { "" },
             src.bucket,
             mountpoint.display(),
             mountpoint.display()
@@ -124,6 +131,24 @@ pub async fn run(g: &GlobalOpts, args: &MountArgs) -> anyhow::Result<()> {
     }
     drop(session);
     Ok(())
+}
+
+/// An inventory's entries as the tree takes them.
+fn archive_entries(inv: &Inventory) -> impl Iterator<Item = tree::ArchiveEntry> + '_ {
+    inv.entries.iter().enumerate().map(|(index, e)| {
+        let since_epoch = Duration::new(e.mtime.unsigned_abs(), e.mtime_nsec.min(999_999_999));
+        let mtime = if e.mtime >= 0 {
+            SystemTime::UNIX_EPOCH + since_epoch
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(since_epoch).unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        let kind = match e.kind {
+            Kind::Dir => tree::ArchiveKind::Dir,
+            Kind::File => tree::ArchiveKind::File { index, size: e.size },
+            Kind::Symlink => tree::ArchiveKind::Symlink { target: e.target.clone().unwrap_or_default() },
+        };
+        tree::ArchiveEntry { path: e.path.clone(), kind, mtime, mode: e.mode }
+    })
 }
 
 /// `cargoship unmount`.

@@ -1,6 +1,7 @@
 //! The mounted namespace: inodes for the directories (`/`-separated key prefixes) and files
 //! (objects) under the mount's prefix, built from delimited listings that are kept for a
-//! TTL. Pure: the caller fetches listings and passes the time in.
+//! TTL; or, for an archive, the fixed tree of its inventory (directories, files, symlinks
+//! with their modes and times). Pure: the caller fetches listings and passes the time in.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +18,29 @@ pub enum Kind {
     Dir { prefix: String },
     /// An object.
     File { key: String, size: u64, mtime: SystemTime },
+    /// A file inside an archive: entry `index` of its inventory.
+    Member { index: usize, size: u64 },
+    /// A symbolic link inside an archive.
+    Symlink { target: String },
+}
+
+/// What an archive entry becomes in the tree.
+#[derive(Debug, Clone)]
+pub enum ArchiveKind {
+    Dir,
+    File { index: usize, size: u64 },
+    Symlink { target: String },
+}
+
+/// One inventory entry, as the tree needs it.
+#[derive(Debug, Clone)]
+pub struct ArchiveEntry {
+    /// `/`-separated path relative to the archive's root.
+    pub path: String,
+    pub kind: ArchiveKind,
+    pub mtime: SystemTime,
+    /// Unix permission bits.
+    pub mode: u32,
 }
 
 /// One inode.
@@ -26,6 +50,8 @@ pub struct Node {
     pub parent: u64,
     pub name: String,
     pub kind: Kind,
+    /// Permission bits and time recorded for it (archives), if any.
+    pub meta: Option<(u32, SystemTime)>,
 }
 
 #[derive(Debug)]
@@ -43,6 +69,8 @@ pub struct Tree {
     listings: HashMap<u64, DirListing>,
     next_ino: u64,
     ttl: Duration,
+    /// A fixed tree (an archive's): never listed again.
+    fixed: bool,
     /// Time shown for directories (the mount time).
     pub mounted_at: SystemTime,
 }
@@ -50,15 +78,93 @@ pub struct Tree {
 impl Tree {
     /// A tree whose root is `prefix` (empty, or ending in `/`), with listings kept `ttl`.
     pub fn new(prefix: &str, ttl: Duration, mounted_at: SystemTime) -> Self {
-        let root = Node { ino: ROOT, parent: ROOT, name: String::new(), kind: Kind::Dir { prefix: prefix.to_owned() } };
+        let root = Node {
+            ino: ROOT,
+            parent: ROOT,
+            name: String::new(),
+            kind: Kind::Dir { prefix: prefix.to_owned() },
+            meta: None,
+        };
         Self {
             nodes: HashMap::from([(ROOT, root)]),
             by_name: HashMap::new(),
             listings: HashMap::new(),
             next_ino: ROOT + 1,
             ttl,
+            fixed: false,
             mounted_at,
         }
+    }
+
+    /// The fixed tree of an archive's entries. Directories an entry needs but the inventory
+    /// does not list are made up; entries with unusable path components are left out.
+    pub fn from_archive(entries: impl IntoIterator<Item = ArchiveEntry>, mounted_at: SystemTime) -> Self {
+        let mut t = Self::new("", Duration::MAX, mounted_at);
+        t.fixed = true;
+        t.listings.insert(ROOT, DirListing { listed_at: Instant::now(), entries: Vec::new() });
+        for e in entries {
+            let parts: Vec<&str> = e.path.split('/').filter(|p| !p.is_empty()).collect();
+            if parts.iter().any(|p| !usable(p)) {
+                continue;
+            }
+            let Some((name, dirs)) = parts.split_last() else {
+                // The root itself.
+                if matches!(e.kind, ArchiveKind::Dir) {
+                    t.nodes.get_mut(&ROOT).expect("root").meta = Some((e.mode, e.mtime));
+                }
+                continue;
+            };
+            let mut parent = ROOT;
+            let mut path = String::new();
+            for d in dirs {
+                path = if path.is_empty() { (*d).to_owned() } else { format!("{path}/{d}") };
+                parent = t.child_dir(parent, d, &path);
+            }
+            let meta = Some((e.mode, e.mtime));
+            match e.kind {
+                ArchiveKind::Dir => {
+                    let dir = t.child_dir(parent, name, &e.path);
+                    t.nodes.get_mut(&dir).expect("dir").meta = meta;
+                }
+                ArchiveKind::File { index, size } => {
+                    t.add_child(parent, name, Kind::Member { index, size }, meta);
+                }
+                ArchiveKind::Symlink { target } => {
+                    t.add_child(parent, name, Kind::Symlink { target }, meta);
+                }
+            }
+        }
+        for l in t.listings.values_mut() {
+            l.entries.sort_by(|a, b| t.nodes[a].name.cmp(&t.nodes[b].name));
+        }
+        t
+    }
+
+    /// The directory `name` under `parent` in a fixed tree, made if missing.
+    fn child_dir(&mut self, parent: u64, name: &str, path: &str) -> u64 {
+        if let Some(&ino) = self.by_name.get(&(parent, name.to_owned()))
+            && matches!(self.nodes[&ino].kind, Kind::Dir { .. })
+        {
+            return ino;
+        }
+        let ino = self.add_child(parent, name, Kind::Dir { prefix: format!("{path}/") }, None);
+        self.listings.insert(ino, DirListing { listed_at: Instant::now(), entries: Vec::new() });
+        ino
+    }
+
+    fn add_child(&mut self, parent: u64, name: &str, kind: Kind, meta: Option<(u32, SystemTime)>) -> u64 {
+        let key = (parent, name.to_owned());
+        if let Some(old) = self.by_name.get(&key).copied()
+            && let Some(l) = self.listings.get_mut(&parent)
+        {
+            l.entries.retain(|i| *i != old);
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.by_name.insert(key, ino);
+        self.nodes.insert(ino, Node { ino, parent, name: name.to_owned(), kind, meta });
+        self.listings.get_mut(&parent).expect("parent is a listed directory").entries.push(ino);
+        ino
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
@@ -68,6 +174,9 @@ impl Tree {
     /// The prefix to list for directory `dir` if its listing is missing or older than the
     /// TTL; `None` if it is fresh or `dir` is not a directory.
     pub fn needs_listing(&self, dir: u64, now: Instant) -> Option<String> {
+        if self.fixed {
+            return None;
+        }
         let Kind::Dir { prefix } = &self.nodes.get(&dir)?.kind else { return None };
         match self.listings.get(&dir) {
             Some(l) if now.saturating_duration_since(l.listed_at) < self.ttl => None,
@@ -118,7 +227,7 @@ impl Tree {
                     ino
                 }
             };
-            self.nodes.insert(ino, Node { ino, parent: dir, name, kind });
+            self.nodes.insert(ino, Node { ino, parent: dir, name, kind, meta: None });
             entries.push(ino);
         }
         self.listings.insert(dir, DirListing { listed_at: now, entries });
@@ -195,6 +304,35 @@ mod tests {
         assert_eq!(again.ino, a);
         assert!(matches!(again.kind, Kind::File { size: 10, .. }), "size refreshed");
         assert!(t.lookup(ROOT, "b").is_none());
+    }
+
+    #[test]
+    fn an_archive_inventory_becomes_a_fixed_tree() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let e = |path: &str, kind, mode| ArchiveEntry { path: path.into(), kind, mtime: t0, mode };
+        let t = Tree::from_archive(
+            [
+                e("", ArchiveKind::Dir, 0o750),
+                e("docs", ArchiveKind::Dir, 0o700),
+                e("docs/readme.md", ArchiveKind::File { index: 2, size: 12 }, 0o640),
+                e("deep/er/x.bin", ArchiveKind::File { index: 3, size: 1 }, 0o600),
+                e("link", ArchiveKind::Symlink { target: "docs/readme.md".into() }, 0o777),
+                e("../escape", ArchiveKind::File { index: 5, size: 1 }, 0o600),
+            ],
+            SystemTime::UNIX_EPOCH,
+        );
+        let names: Vec<_> = t.children(ROOT).iter().map(|n| n.name.clone()).collect();
+        assert_eq!(names, ["deep", "docs", "link"], "sorted, unsafe path left out");
+        assert_eq!(t.get(ROOT).unwrap().meta, Some((0o750, t0)));
+        let docs = t.lookup(ROOT, "docs").unwrap();
+        assert_eq!(docs.meta, Some((0o700, t0)));
+        let readme = t.lookup(docs.ino, "readme.md").unwrap();
+        assert_eq!(readme.kind, Kind::Member { index: 2, size: 12 });
+        assert_eq!(readme.meta, Some((0o640, t0)));
+        let er = t.lookup(t.lookup(ROOT, "deep").unwrap().ino, "er").unwrap();
+        assert!(t.lookup(er.ino, "x.bin").is_some(), "implicit directories made");
+        assert_eq!(t.lookup(ROOT, "link").unwrap().kind, Kind::Symlink { target: "docs/readme.md".into() });
+        assert_eq!(t.needs_listing(ROOT, Instant::now() + Duration::from_secs(1_000_000)), None);
     }
 
     #[test]
