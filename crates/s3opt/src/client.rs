@@ -424,7 +424,10 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let windowed = matches!(op, Op::PutObject | Op::UploadPart | Op::GetObject);
+        // Small GETs (a filesystem's reads) are latency-bound: they neither wait for a window
+        // slot nor feed the controllers, whose model is bulk data per request.
+        let small_get = op == Op::GetObject && bytes > 0 && bytes < SMALL_GET;
+        let windowed = matches!(op, Op::PutObject | Op::UploadPart | Op::GetObject) && !small_get;
         let mut attempt: u32 = 0;
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
@@ -662,6 +665,9 @@ impl Engine {
         .map(|_| ())
     }
 }
+
+/// GETs shorter than this are not steered by the controllers (see [`Engine::run`]).
+const SMALL_GET: u64 = 1024 * 1024;
 
 /// Hedged requests may be at most this fraction of data requests.
 const HEDGE_BUDGET: f64 = 0.05;

@@ -41,5 +41,5 @@ pub use error::{Error, Result};
 pub use performance::block_cache::CacheStats;
 pub use performance::download::GetResult;
 pub use performance::metrics::MetricsSnapshot;
-pub use performance::reader::{ObjectReader, ReaderStats};
+pub use performance::reader::{ObjectReader, PendingRead, ReaderStats};
 pub use performance::upload::{JournaledPart, PutOptions, PutResult, ResumePoint, UploadJournal};

@@ -137,6 +137,15 @@ pub fn errno(e: &s3opt::Error) -> Errno {
 }
 
 impl Filesystem for ObjectFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Nothing is written, but the largest write sets the largest request: 1 MiB reads let
+        // an unaligned 128 KiB read arrive as one request instead of two.
+        if let Err(max) = config.set_max_write(1 << 20) {
+            let _ = config.set_max_write(max);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if let Err(e) = self.ensure_listed(parent.0) {
             return reply.error(e);
@@ -199,8 +208,10 @@ impl Filesystem for ObjectFs {
         match handle {
             Handle::Object(reader) => {
                 self.rt.spawn(async move {
-                    let mut reader = reader.lock().await;
-                    match reader.read(offset, u64::from(size)).await {
+                    // The handle is locked only to start the read; the GETs run unlocked, so
+                    // the kernel's concurrent reads of one file overlap.
+                    let pending = reader.lock().await.start_read(offset, u64::from(size));
+                    match pending.finish().await {
                         Ok(data) => reply.data(&data),
                         Err(e) => {
                             tracing::warn!(offset, size, error = %e, "read failed");
@@ -225,6 +236,10 @@ impl Filesystem for ObjectFs {
                 });
             }
         }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok(); // nothing is ever written
     }
 
     fn release(

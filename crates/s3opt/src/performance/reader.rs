@@ -259,39 +259,51 @@ impl ObjectReader {
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object; none past it).
     pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        self.start_read(offset, len).finish().await
+    }
+
+    /// The first half of [`ObjectReader::read`]: updates the read-ahead state, takes what
+    /// the cache has, and starts the GETs (demand and prefetch) in the background. Awaiting
+    /// the returned [`PendingRead`] needs no access to the reader, so a caller that shares
+    /// the reader between concurrent reads (a filesystem) holds its lock only for this part.
+    pub fn start_read(&mut self, offset: u64, len: u64) -> PendingRead {
+        let block = self.engine.block_cache.block_size();
+        let mut pending = PendingRead {
+            engine: self.engine.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            object: self.object.clone(),
+            size: self.size,
+            offset,
+            end: offset,
+            first: 0,
+            blocks: Vec::new(),
+            waits: Vec::new(),
+        };
         if offset >= self.size || len == 0 {
-            return Ok(Bytes::new());
+            return pending;
         }
         let end = offset.saturating_add(len).min(self.size);
-        let block = self.engine.block_cache.block_size();
         let (first, last) = (offset / block, (end - 1) / block);
+        pending.end = end;
+        pending.first = first;
         let chunk = self.chunk_size();
         let plan = self.policy.on_read(offset, end - offset, self.size, chunk);
         self.stats.reads += 1;
+        self.stats.bytes_read += end - offset;
         if plan.access == Access::Random {
             self.stats.random_reads += 1;
-        }
-        // Forget prefetches that finished or that the reader has left behind (their blocks
-        // are in the cache); after a random seek, forget them all (they still complete).
-        if plan.access == Access::Random {
+            // Whatever was being fetched for the old position still lands in the cache.
             self.in_flight.clear();
         }
+        // Forget fetches that finished or that the reader has left behind.
         self.in_flight.retain(|p| p.data.peek().is_none() && p.end > first);
 
-        let mut blocks: Vec<Option<Bytes>> =
-            (first..=last).map(|i| self.engine.block_cache.get(&self.object, i)).collect();
-        // Blocks nobody is fetching yet, as runs of consecutive blocks; and the prefetches
-        // in flight that bring the others.
+        pending.blocks = (first..=last).map(|i| self.engine.block_cache.get(&self.object, i)).collect();
+        // Blocks nobody is fetching yet, as runs of consecutive blocks.
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut waits: Vec<(u64, ChunkFuture)> = Vec::new();
         for (i, idx) in (first..=last).enumerate() {
-            if blocks[i].is_some() {
-                continue;
-            }
-            if let Some(p) = self.in_flight.iter().find(|p| (p.first..p.end).contains(&idx)) {
-                if !waits.iter().any(|(f, _)| *f == p.first) {
-                    waits.push((p.first, p.data.clone()));
-                }
+            if pending.blocks[i].is_some() || self.in_flight.iter().any(|p| (p.first..p.end).contains(&idx)) {
                 continue;
             }
             match runs.last_mut() {
@@ -299,67 +311,49 @@ impl ObjectReader {
                 _ => runs.push((idx, idx + 1)),
             }
         }
-        let demand = self.fetch_runs(&runs);
+        self.fetch_runs(&runs);
         self.issue_prefetch(&plan.prefetch);
-        let arrivals = futures::future::join_all(waits.into_iter().map(|(f, fut)| fut.map(move |d| (f, d))));
-        let (demand, arrivals) = futures::join!(demand, arrivals);
-        for (start, data) in arrivals {
-            if let Some(data) = data {
-                fill(&mut blocks, first, start, &data, block);
+        // Every fetch in flight that brings a block this read lacks.
+        for (i, idx) in (first..=last).enumerate() {
+            if pending.blocks[i].is_some() {
+                continue;
+            }
+            if let Some(p) = self.in_flight.iter().find(|p| (p.first..p.end).contains(&idx))
+                && !pending.waits.iter().any(|(f, _)| *f == p.first)
+            {
+                pending.waits.push((p.first, p.data.clone()));
             }
         }
-        for ((start, _), data) in demand? {
-            fill(&mut blocks, first, start, &data, block);
-        }
-        // Whatever a failed prefetch should have brought: fetch it now.
-        let mut retry: Vec<(u64, u64)> = Vec::new();
-        for (i, b) in blocks.iter().enumerate() {
-            let idx = first + i as u64;
-            if b.is_none() {
-                match retry.last_mut() {
-                    Some((_, e)) if *e == idx => *e = idx + 1,
-                    _ => retry.push((idx, idx + 1)),
-                }
-            }
-        }
-        if !retry.is_empty() {
-            for ((start, _), data) in self.fetch_runs(&retry).await? {
-                fill(&mut blocks, first, start, &data, block);
-            }
-        }
-        let out = assemble(&blocks, first * block, offset, end);
-        self.stats.bytes_read += out.len() as u64;
-        Ok(out)
+        pending
     }
 
-    /// Fetches runs of blocks on demand (one GET per run, split at the part size), stores
-    /// them in the cache and returns them.
-    fn fetch_runs(&mut self, runs: &[(u64, u64)]) -> impl Future<Output = Result<Vec<((u64, u64), Bytes)>>> + use<> {
+    /// Starts GETs for runs of blocks a read needs (one per run, split at the part size);
+    /// they fill the cache and are tracked in flight like prefetches.
+    fn fetch_runs(&mut self, runs: &[(u64, u64)]) {
         let block = self.engine.block_cache.block_size();
         let max_blocks = (self.engine.part_size() / block).max(1);
-        let mut pieces = Vec::new();
         for &(s, e) in runs {
             let mut i = s;
             while i < e {
                 let j = (i + max_blocks).min(e);
-                pieces.push((i, j));
+                let (off, end) = (i * block, (j * block).min(self.size));
+                self.stats.demand_requests += 1;
+                let (engine, bucket, key, object) =
+                    (self.engine.clone(), self.bucket.clone(), self.key.clone(), self.object.clone());
+                let task = tokio::spawn(async move {
+                    match download::get_exact(&engine, &bucket, &key, off, end - off).await {
+                        Ok(data) => {
+                            store(&engine, &object, off / block, &data, block);
+                            Some(data)
+                        }
+                        // The read fetches again and reports the error.
+                        Err(_) => None,
+                    }
+                });
+                let data = task.map(|r| r.ok().flatten()).boxed().shared();
+                self.in_flight.push(InFlight { first: i, end: j, data });
                 i = j;
             }
-        }
-        self.stats.demand_requests += pieces.len() as u64;
-        let (engine, bucket, key, object, size) =
-            (self.engine.clone(), self.bucket.clone(), self.key.clone(), self.object.clone(), self.size);
-        async move {
-            let fetches = pieces.iter().map(|&(s, e)| {
-                let (engine, bucket, key, object) = (&engine, &bucket, &key, &object);
-                async move {
-                    let (off, end) = (s * block, (e * block).min(size));
-                    let data = download::get_exact(engine, bucket, key, off, end - off).await?;
-                    store(engine, object, s, &data, block);
-                    Ok::<_, crate::Error>(((s, e), data))
-                }
-            });
-            futures::future::try_join_all(fetches).await
         }
     }
 
@@ -395,6 +389,63 @@ impl ObjectReader {
             let data = task.map(|r| r.ok().flatten()).boxed().shared();
             self.in_flight.push(InFlight { first: off / block, end: (off + len).div_ceil(block), data });
         }
+    }
+}
+
+/// A read started by [`ObjectReader::start_read`]; await [`PendingRead::finish`] for the
+/// bytes.
+pub struct PendingRead {
+    engine: Arc<Engine>,
+    bucket: Arc<str>,
+    key: Arc<str>,
+    object: ObjectId,
+    size: u64,
+    offset: u64,
+    end: u64,
+    /// Index of the first block of the read.
+    first: u64,
+    blocks: Vec<Option<Bytes>>,
+    waits: Vec<(u64, ChunkFuture)>,
+}
+
+impl PendingRead {
+    /// Waits for the blocks, fetching again (and reporting the error of) any that a failed
+    /// fetch should have brought.
+    pub async fn finish(mut self) -> Result<Bytes> {
+        if self.end <= self.offset {
+            return Ok(Bytes::new());
+        }
+        let block = self.engine.block_cache.block_size();
+        let waits = std::mem::take(&mut self.waits);
+        let arrivals = futures::future::join_all(waits.into_iter().map(|(f, fut)| fut.map(move |d| (f, d)))).await;
+        for (start, data) in arrivals {
+            if let Some(data) = data {
+                fill(&mut self.blocks, self.first, start, &data, block);
+            }
+        }
+        let mut retry: Vec<(u64, u64)> = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let idx = self.first + i as u64;
+            if b.is_none() {
+                match retry.last_mut() {
+                    Some((_, e)) if *e == idx => *e = idx + 1,
+                    _ => retry.push((idx, idx + 1)),
+                }
+            }
+        }
+        let fetches = retry.iter().map(|&(s, e)| {
+            let this = &self;
+            async move {
+                let (off, end) = (s * block, (e * block).min(this.size));
+                let data = download::get_exact(&this.engine, &this.bucket, &this.key, off, end - off).await?;
+                store(&this.engine, &this.object, s, &data, block);
+                Ok::<_, crate::Error>((s, data))
+            }
+        });
+        for (s, data) in futures::future::try_join_all(fetches).await? {
+            fill(&mut self.blocks, self.first, s, &data, block);
+        }
+        Ok(assemble(&self.blocks, self.first * block, self.offset, self.end))
     }
 }
 
