@@ -54,7 +54,7 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "cargoship-secret",
     "AWS_REGION": "us-east-1",
 }
-TOOLS = ["cargoship", "s3fs", "rclone"]
+TOOLS = ["cargoship", "cargoship-direct-io", "s3fs", "rclone"]
 APT = {"fusermount3": "fuse3", "s3fs": "s3fs", "rclone": "rclone"}
 
 
@@ -144,8 +144,11 @@ def unmount(path):
 
 
 def mount_cmd(tool, emu_url, mnt):
-    if tool == "cargoship":
-        return [str(CARGOSHIP), "--endpoint-url", emu_url, "mount", f"s3://{BUCKET}/{PREFIX}", str(mnt)]
+    if tool.startswith("cargoship"):
+        extra = os.environ.get("CARGOSHIP_MOUNT_ARGS", "").split()
+        direct = ["--direct-io"] if tool == "cargoship-direct-io" else []
+        return [str(CARGOSHIP), "--endpoint-url", emu_url, *extra, "mount", *direct, f"s3://{BUCKET}/{PREFIX}",
+                str(mnt)]
     if tool == "s3fs":
         pw = DATA / "s3fs-passwd"
         pw.write_text(f"{CREDENTIALS['AWS_ACCESS_KEY_ID']}:{CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n")
@@ -173,7 +176,7 @@ def tool_env(emu_url):
 
 
 def version(tool):
-    cmd = {"cargoship": [str(CARGOSHIP), "--version"], "s3fs": ["s3fs", "--version"], "rclone": ["rclone", "version"]}
+    cmd = {"cargoship": [str(CARGOSHIP), "--version"], "cargoship-direct-io": [str(CARGOSHIP), "--version"], "s3fs": ["s3fs", "--version"], "rclone": ["rclone", "version"]}
     out = subprocess.run(cmd[tool], capture_output=True, text=True)
     return (out.stdout or out.stderr).strip().splitlines()[0]
 

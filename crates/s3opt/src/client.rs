@@ -419,7 +419,20 @@ impl Engine {
 
     /// Runs one request with retries. Data requests (`bytes > 0` or GET/PUT ops) take a
     /// window slot per attempt; the slot is released while backing off.
-    pub(crate) async fn run<T, F, Fut>(&self, op: Op, bytes: u64, mut attempt_fn: F) -> Result<T>
+    pub(crate) async fn run<T, F, Fut>(&self, op: Op, bytes: u64, attempt_fn: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        self.run_steering(op, bytes, true, attempt_fn).await
+    }
+
+    /// [`Engine::run`], choosing whether the request's samples steer the controllers. An
+    /// app-limited request (a reader's read-ahead: the reader, not the network, decides how
+    /// many are in flight) takes window slots but must not steer, or the controllers would
+    /// learn the reader's pace as the network's rate (BBR leaves app-limited samples out of
+    /// its bandwidth estimate for the same reason).
+    pub(crate) async fn run_steering<T, F, Fut>(&self, op: Op, bytes: u64, steers: bool, mut attempt_fn: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -473,7 +486,7 @@ impl Engine {
                 delivered_time_at_start,
                 delivered_at_end: delivered_at_start,
             };
-            if windowed {
+            if windowed && steers {
                 self.steer(&mut sample);
             }
             self.metrics.record(&sample);

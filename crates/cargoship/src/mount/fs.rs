@@ -43,6 +43,7 @@ pub struct ObjectFs {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    direct_io: bool,
 }
 
 impl ObjectFs {
@@ -66,7 +67,20 @@ impl ObjectFs {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
+            direct_io: false,
         }
+    }
+
+    /// Files are opened with FOPEN_DIRECT_IO: reads reach the reader exactly as the
+    /// application makes them (no kernel readahead or page cache; the block cache serves
+    /// re-reads), and mmap still works where the kernel allows it.
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
+    }
+
+    fn open_flags(&self) -> FopenFlags {
+        if self.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() }
     }
 
     /// Serves files of `archive` (whose inventory the tree was built from).
@@ -143,6 +157,9 @@ impl Filesystem for ObjectFs {
         if let Err(max) = config.set_max_write(1 << 20) {
             let _ = config.set_max_write(max);
         }
+        if self.direct_io {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        }
         Ok(())
     }
 
@@ -174,7 +191,7 @@ impl Filesystem for ObjectFs {
             Some(Kind::Member { index, .. }) => {
                 let fh = self.next_fh.fetch_add(1, Relaxed);
                 self.handles.lock().expect("handles lock").insert(fh, Handle::Member(index));
-                return reply.opened(FileHandle(fh), FopenFlags::empty());
+                return reply.opened(FileHandle(fh), self.open_flags());
             }
             Some(Kind::Dir { .. }) => return reply.error(Errno::EISDIR),
             Some(Kind::Symlink { .. }) => return reply.error(Errno::ELOOP),
@@ -188,7 +205,7 @@ impl Filesystem for ObjectFs {
             .lock()
             .expect("handles lock")
             .insert(fh, Handle::Object(Arc::new(tokio::sync::Mutex::new(reader))));
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), self.open_flags());
     }
 
     fn read(

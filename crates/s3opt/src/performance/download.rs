@@ -40,9 +40,22 @@ fn range_header(offset: u64, len: u64) -> String {
 /// One ranged GET of `len` bytes (0: to the end) at `offset`, with retries, into `buf`
 /// (reused across attempts). Returns the filled buffer.
 async fn fetch(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64, buf: BytesMut) -> Result<BytesMut> {
+    fetch_steering(engine, bucket, key, offset, len, buf, true).await
+}
+
+/// [`fetch`], choosing whether the GET steers the controllers (see [`Engine::run_steering`]).
+async fn fetch_steering(
+    engine: &Engine,
+    bucket: &str,
+    key: &str,
+    offset: u64,
+    len: u64,
+    buf: BytesMut,
+    steers: bool,
+) -> Result<BytesMut> {
     let slot = &std::sync::Mutex::new(Some(buf));
     engine
-        .run(Op::GetObject, len, move || async move {
+        .run_steering(Op::GetObject, len, steers, move || async move {
             let mut buf = slot.lock().expect("slot").take().unwrap_or_default();
             let result = async {
                 let out = engine
@@ -198,9 +211,10 @@ pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, off
 }
 
 /// Exactly one ranged GET of `len` (> 0) bytes at `offset`, whatever the part size: the
-/// reader sizes its own ranges and must not trigger a HEAD or a split.
+/// reader sizes its own ranges and must not trigger a HEAD or a split. The reader's GETs
+/// are app-limited, so they take window slots but do not steer the controllers.
 pub(crate) async fn get_exact(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
-    match fetch(engine, bucket, key, offset, len, BytesMut::new()).await {
+    match fetch_steering(engine, bucket, key, offset, len, BytesMut::new(), false).await {
         Ok(buf) => Ok(buf.freeze()),
         Err(err) => Err(range_error(engine, bucket, key, offset, err).await),
     }
