@@ -6,12 +6,16 @@
 //! small forward or backward jump of the last one) or random, and says which ranges to fetch
 //! ahead. The first read of a handle fetches only the blocks it touches (a 4 KiB read is one
 //! 16 KiB GET); once a sequential run spans 256 KiB, prefetching starts, and while reads
-//! stay sequential the read-ahead window doubles, up to a cap set
-//! by the cache (half of it), and is cut into ranges sized from the client's live
-//! concurrency and part size so they run in parallel; a random read resets the window.
-//! [`ObjectReader`] does the I/O: every GET goes through the client's engine (window slot,
-//! retries, a counted sample), prefetches run as background tasks that fill the cache, and
-//! a read waits only for the blocks it needs.
+//! stay sequential the read-ahead window doubles, up to a cap set by the cache (half of it),
+//! cut into ranges sized from the client's live concurrency and part size so they run in
+//! parallel; a random read resets the window.
+//!
+//! [`ObjectReader`] does the I/O: every GET goes through the client's engine (retries, a
+//! counted sample; a window slot for reads of 1 MiB and more), GETs run as background tasks
+//! that fill the cache, and a read waits only for the blocks it needs. The reader's GETs do
+//! not steer the controllers: how many are in flight is the reader's choice (app-limited),
+//! not a measure of the network. [`ObjectReader::start_read`] splits a read so that a
+//! caller sharing one reader between concurrent reads holds it only while planning.
 
 use std::sync::Arc;
 
