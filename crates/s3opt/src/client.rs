@@ -437,10 +437,7 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        // Small GETs (a filesystem's reads) are latency-bound: they neither wait for a window
-        // slot nor feed the controllers, whose model is bulk data per request.
-        let small_get = op == Op::GetObject && bytes > 0 && bytes < SMALL_GET;
-        let windowed = matches!(op, Op::PutObject | Op::UploadPart | Op::GetObject) && !small_get;
+        let windowed = matches!(op, Op::PutObject | Op::UploadPart | Op::GetObject);
         let mut attempt: u32 = 0;
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
@@ -488,6 +485,10 @@ impl Engine {
             };
             if windowed && steers {
                 self.steer(&mut sample);
+            } else if windowed && sample.outcome == Outcome::Ok {
+                // Still learn the latency, which hedging needs.
+                let mut c = self.control.lock().expect("control lock");
+                c.rtt.on_sample(sample.finished, sample.bytes, sample.latency(), sample.retransmit);
             }
             self.metrics.record(&sample);
             let failure = match result {
@@ -678,9 +679,6 @@ impl Engine {
         .map(|_| ())
     }
 }
-
-/// GETs shorter than this are not steered by the controllers (see [`Engine::run`]).
-const SMALL_GET: u64 = 1024 * 1024;
 
 /// Hedged requests may be at most this fraction of data requests.
 const HEDGE_BUDGET: f64 = 0.05;

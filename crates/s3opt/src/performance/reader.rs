@@ -10,8 +10,8 @@
 //! cut into ranges sized from the client's live concurrency and part size so they run in
 //! parallel; a random read resets the window.
 //!
-//! [`ObjectReader`] does the I/O: every GET goes through the client's engine (retries, a
-//! counted sample; a window slot for reads of 1 MiB and more), GETs run as background tasks
+//! [`ObjectReader`] does the I/O: every GET goes through the client's engine (a window
+//! slot, retries, hedging, a counted sample), GETs run as background tasks
 //! that fill the cache, and a read waits only for the blocks it needs. The reader's GETs do
 //! not steer the controllers: how many are in flight is the reader's choice (app-limited),
 //! not a measure of the network. [`ObjectReader::start_read`] splits a read so that a
