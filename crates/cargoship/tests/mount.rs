@@ -79,8 +79,13 @@ fn mounted(path: &Path) -> bool {
 }
 
 async fn mount(server: &EmbeddedServer, home: &Path, source: &str, path: &Path) -> Mounted {
+    mount_with(server, home, &[source], path).await
+}
+
+async fn mount_with(server: &EmbeddedServer, home: &Path, args: &[&str], path: &Path) -> Mounted {
     let child = command(server, home)
-        .args(["mount", source])
+        .arg("mount")
+        .args(args)
         .arg(path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -234,6 +239,31 @@ async fn a_mounted_prefix_reads_like_the_source_and_is_read_only() {
     let out = tokio::time::timeout(STEP, child.wait_with_output()).await.expect("mount exits").unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!mounted(&mnt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_direct_io_mount_reads_like_the_source() {
+    if skip() {
+        return;
+    }
+    let env = start().await;
+    let mnt = env.dir.path().join("mnt");
+    let _m = mount_with(&env.server, env.dir.path(), &["--direct-io", "s3://bucket/data"], &mnt).await;
+    let local = env.dir.path().join("big.local");
+    std::fs::write(&local, &env.big).unwrap();
+    let cmp = sh("cmp", &[mnt.join("big.bin").as_os_str(), local.as_os_str()]).await;
+    assert!(cmp.status.success(), "cmp: {}", String::from_utf8_lossy(&cmp.stdout));
+    let (p, big) = (mnt.join("big.bin"), env.big.clone());
+    blocking(move || {
+        let f = std::fs::File::open(p).unwrap();
+        for off in [0usize, 1, 4095, 5 * MIB + 7, big.len() - 10] {
+            let mut buf = vec![0u8; 4096];
+            let n = f.read_at(&mut buf, off as u64).unwrap();
+            assert_eq!(n, 4096.min(big.len() - off), "direct I/O returns exactly what is there");
+            assert!(buf[..n] == big[off..off + n], "mismatch at {off}");
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
