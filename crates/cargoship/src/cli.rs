@@ -179,7 +179,9 @@ pub struct ShipArgs {
     /// Compression level (zstd 1-22, default 3; gzip 0-9, default 6).
     #[arg(long, allow_negative_numbers = true)]
     pub level: Option<i32>,
-    /// Most uncompressed bytes per suitcase (a larger single file gets its own).
+    /// Most uncompressed bytes per suitcase (a larger single file gets its own). Smaller
+    /// trees are split into 2 x --parallel-suitcases suitcases (of at least 64 MiB) so that
+    /// they pack and upload in parallel.
     #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub suitcase_size: u64,
     /// Uncompressed bytes per frame: the smallest unit a single-file restore fetches.

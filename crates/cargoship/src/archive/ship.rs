@@ -135,7 +135,8 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                 }
                 return Err(ArchiveError::Exists(dest));
             }
-            let plan = plan::plan(walked.items, o.suitcase_size);
+            let cap = plan::effective_cap(&walked.items, o.suitcase_size, o.parallel);
+            let plan = plan::plan(walked.items, cap);
             Journal::create(&dir, settings, plan, walked.skipped)?
         }
     };
@@ -151,14 +152,22 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     }
 
     let n = journal.plan.len();
-    let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
-            async move { ship_suitcase(client, o, &source, &journal, i, progress).await.map(|(r, x)| (i, r, x)) }
-        })
-        .buffer_unordered(o.parallel.max(1))
-        .collect()
-        .await;
+    // `parallel` suitcases are packed at once; a suitcase whose data is all handed to the
+    // uploader frees its packing slot, so the next one starts while its last parts and
+    // its completion are still under way (the link never idles between suitcases).
+    let packers = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
+    let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> =
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
+                let packers = packers.clone();
+                async move {
+                    ship_suitcase(client, o, &source, &journal, i, progress, &packers).await.map(|(r, x)| (i, r, x))
+                }
+            })
+            .buffer_unordered(2 * o.parallel.max(1))
+            .collect()
+            .await;
     if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
         // --strict stopped the run: leave nothing behind (no uploads, no suitcases, no journal).
         let err = results.into_iter().nth(pos).expect("position is valid").expect_err("an error");
@@ -260,6 +269,7 @@ async fn ship_suitcase(
     journal: &Arc<Journal>,
     index: usize,
     progress: Arc<ShipProgress>,
+    packers: &tokio::sync::Semaphore,
 ) -> Result<(SuitcaseRecord, Resumed)> {
     let state = &journal.state[index];
     if let Some(done) = &state.done {
@@ -267,14 +277,14 @@ async fn ship_suitcase(
     }
     let key = state.key.clone().unwrap_or_else(|| suitcase_key(o, index));
     let resume = state.upload_id.clone().map(|upload_id| ResumePoint { upload_id, parts: state.parts.clone() });
-    let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone()).await;
+    let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone(), packers).await;
     let (record, put) = match first {
         Err(ArchiveError::S3(e)) if state.upload_id.is_some() && restartable(&e) => {
             tracing::warn!(suitcase = index, error = %e, "cannot continue the interrupted upload; sending this suitcase again");
             let old = state.upload_id.as_deref().unwrap_or_default();
             let _ = client.abort_multipart_upload(&o.bucket, &join_key(&o.prefix, &key), old).await;
             journal.restart(index as u32);
-            upload_suitcase(client, o, source, journal, index, &key, None, progress).await?
+            upload_suitcase(client, o, source, journal, index, &key, None, progress, packers).await?
         }
         other => other?,
     };
@@ -298,7 +308,9 @@ async fn upload_suitcase(
     key: &str,
     resume: Option<ResumePoint>,
     progress: Arc<ShipProgress>,
+    packers: &tokio::sync::Semaphore,
 ) -> Result<(SuitcaseRecord, s3opt::PutResult)> {
+    let packing = packers.acquire().await.expect("the semaphore is never closed");
     let items = journal.plan[index].clone();
     let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
@@ -306,7 +318,11 @@ async fn upload_suitcase(
     let (root, frame_size, strict) = (source.to_owned(), o.frame_size as usize, o.strict);
     let packer = tokio::task::spawn_blocking(move || pack(&root, &items, frame_size, strict, &progress.pack, raw_tx));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
-    let compress = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx);
+    let compress = async move {
+        let r = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx).await;
+        drop(packing);
+        r
+    };
     let reader = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));
     let mut opts = o.put.clone();
     opts.content_length = None;
