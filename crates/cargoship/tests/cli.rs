@@ -148,8 +148,10 @@ async fn unreadable_source_and_unwritable_destination_exit_6() {
     let env = start().await;
     let o = run_against(&env, &["put", "/definitely/not/here.bin", "s3://bucket/k"]).await;
     assert_fails(&o, 6, "cannot read /definitely/not/here.bin");
-    let o = run_against(&env, &["put", env.dir.path().to_str().unwrap(), "s3://bucket/k"]).await;
-    assert_fails(&o, 6, "is a directory");
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = run_against(&env, &["put", empty.to_str().unwrap(), "s3://bucket/k"]).await;
+    assert_fails(&o, 6, "contains no files");
 
     let f = env.dir.path().join("f");
     std::fs::write(&f, b"hello").unwrap();
