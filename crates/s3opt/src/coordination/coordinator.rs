@@ -89,17 +89,17 @@ pub struct UploadRejected {
 
 /// Resolves when a scheduled upload is done or given back.
 #[derive(Debug)]
-pub struct UploadTicket(oneshot::Receiver<Result<UploadDone, UploadRejected>>);
+pub struct UploadTicket {
+    rx: oneshot::Receiver<Result<UploadDone, UploadRejected>>,
+    item: ScheduledUpload,
+}
 
 impl UploadTicket {
-    /// Waits for the outcome.
+    /// Waits for the outcome; an upload whose task was cancelled comes back as
+    /// [`CoordinationError::Cancelled`].
     pub async fn wait(self) -> Result<UploadDone, UploadRejected> {
-        self.0.await.unwrap_or_else(|_| {
-            Err(UploadRejected {
-                item: ScheduledUpload { source: PathBuf::new(), name: String::new(), priority: 0, estimated_size: 0 },
-                error: CoordinationError::Failed("upload task vanished".into()),
-            })
-        })
+        let item = self.item;
+        self.rx.await.unwrap_or(Err(UploadRejected { item, error: CoordinationError::Cancelled }))
     }
 }
 
@@ -399,6 +399,13 @@ impl<T> CoordinatorCore<T> {
         drained
     }
 
+    /// A slot on `i` is given back unused (cancelled): no verdict on the prefix.
+    pub fn cancel(&mut self, now: Instant, i: usize) {
+        self.slots[i].in_flight = self.slots[i].in_flight.saturating_sub(1);
+        let (f, c) = (self.total_in_flight(), self.total_capacity());
+        self.metrics.on_load(now, f, c);
+    }
+
     /// One request attempt under prefix `i` (or none) finished.
     pub fn on_sample(&mut self, i: Option<usize>, s: &Sample) -> SampleEffect {
         let name = i.map(|i| self.slots[i].name.clone());
@@ -656,6 +663,7 @@ impl PipelineCoordinator {
     /// Puts an object on a prefix queue, waiting while every queue is full.
     pub async fn schedule_upload(&self, item: ScheduledUpload) -> Result<UploadTicket, CoordinationError> {
         let (tx, rx) = oneshot::channel();
+        let ticket_item = item.clone();
         let mut job = Job { item, moves: 0, reply: tx };
         loop {
             self.check_running()?;
@@ -668,7 +676,7 @@ impl PipelineCoordinator {
             match self.try_enqueue(job) {
                 Ok(()) => {
                     self.shared.changed.notify_waiters();
-                    return Ok(UploadTicket(rx));
+                    return Ok(UploadTicket { rx, item: ticket_item });
                 }
                 Err(back) => job = back,
             }
@@ -899,8 +907,11 @@ pub struct PrefixLease {
 pub enum LeaseOutcome {
     /// Stored: this many bytes.
     Uploaded { bytes: u64 },
-    /// Failed (the object must be retried, usually under a new lease).
+    /// Failed (the object must be retried, usually under a new lease). Two in a row drain
+    /// the prefix.
     Failed,
+    /// Given up without a verdict on the prefix (cancellation; what dropping a lease does).
+    Cancelled,
 }
 
 impl std::fmt::Debug for PrefixLease {
@@ -948,6 +959,13 @@ impl PrefixLease {
         let (bytes, ok) = match outcome {
             LeaseOutcome::Uploaded { bytes } => (bytes, true),
             LeaseOutcome::Failed => (0, false),
+            LeaseOutcome::Cancelled => {
+                let mut core = self.shared.core.lock().expect("core lock");
+                core.cancel(t, self.index);
+                drop(core);
+                self.shared.changed.notify_waiters();
+                return;
+            }
         };
         let mut core = self.shared.core.lock().expect("core lock");
         if core.release(t, self.index, bytes, secs, ok) {
@@ -962,7 +980,7 @@ impl PrefixLease {
 
 impl Drop for PrefixLease {
     fn drop(&mut self) {
-        self.release(LeaseOutcome::Failed);
+        self.release(LeaseOutcome::Cancelled);
     }
 }
 
@@ -1089,6 +1107,55 @@ mod tests {
         let at = later.expect("pacing, not capacity, holds the next one back");
         assert!(at > now && at <= now + Duration::from_secs_f64(2.0 / cap));
         assert!(matches!(c.try_acquire(at, 1), Grant::Now(0)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_leases_never_exceed_a_prefix_limit_and_all_are_released() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cfg = CoordinationConfig { per_prefix_concurrency: 3, ..Default::default() };
+        let coord = PipelineCoordinator::new(cfg).unwrap();
+        let names = ["a/", "b/", "c/", "d/"];
+        for p in names {
+            coord.register_prefix(p, 0.0);
+        }
+        coord.start(None).unwrap();
+        let live: Arc<Vec<AtomicUsize>> = Arc::new(names.iter().map(|_| AtomicUsize::new(0)).collect());
+        let peak: Arc<Vec<AtomicUsize>> = Arc::new(names.iter().map(|_| AtomicUsize::new(0)).collect());
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let (coord, live, peak) = (coord.clone(), live.clone(), peak.clone());
+                tokio::spawn(async move {
+                    for k in 0..40u64 {
+                        let lease = coord.acquire(1000).await.unwrap();
+                        let i = names.iter().position(|p| *p == lease.prefix()).unwrap();
+                        let now = live[i].fetch_add(1, Ordering::SeqCst) + 1;
+                        peak[i].fetch_max(now, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        live[i].fetch_sub(1, Ordering::SeqCst);
+                        if (t + k) % 7 == 0 {
+                            drop(lease);
+                        } else if (t + k) % 11 == 0 {
+                            lease.finish(LeaseOutcome::Failed);
+                        } else {
+                            lease.finish(LeaseOutcome::Uploaded { bytes: 1000 });
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for (i, p) in peak.iter().enumerate() {
+            assert!(p.load(Ordering::SeqCst) <= 3, "prefix {} had {} in flight", names[i], p.load(Ordering::SeqCst));
+        }
+        let core = coord.shared.core.lock().unwrap();
+        assert!(core.idle(), "every lease was released");
+        let m = core.metrics(Instant::now());
+        let not_stored = (0..16u64).flat_map(|t| (0..40).map(move |k| (t + k) % 7 == 0 || (t + k) % 11 == 0));
+        assert_eq!(m.objects_completed + not_stored.filter(|d| *d).count() as u64, 640);
+        drop(core);
+        coord.stop().await;
     }
 
     #[test]
