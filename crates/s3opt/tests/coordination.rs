@@ -242,12 +242,8 @@ async fn cancelling_hands_queued_work_back_and_leaves_no_multipart_upload_behind
     coord.start(Some(Arc::new(SlowBigUpload { client: env.client.clone() }))).unwrap();
     let mut tickets = Vec::new();
     for i in 0..8 {
-        let item = ScheduledUpload {
-            source: "mem".into(),
-            name: format!("big-{i}"),
-            priority: 0,
-            estimated_size: 12 * MIB,
-        };
+        let item =
+            ScheduledUpload { source: "mem".into(), name: format!("big-{i}"), priority: 0, estimated_size: 12 * MIB };
         tickets.push(coord.schedule_upload(item).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -193,12 +193,9 @@ impl CoordinationConfig {
                 adaptive: AdaptiveParameters { congestion_sensitivity: 0.9, ..d.adaptive },
                 ..d
             },
-            "many_small_files" => Self {
-                pipeline_depth: 32,
-                max_active_prefixes: 16,
-                update_interval: Duration::from_millis(500),
-                ..d
-            },
+            "many_small_files" => {
+                Self { pipeline_depth: 32, max_active_prefixes: 16, update_interval: Duration::from_millis(500), ..d }
+            }
             "advanced" => Self {
                 pipeline_depth: 32,
                 global_congestion_window: 64,

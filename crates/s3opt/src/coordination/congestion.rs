@@ -698,7 +698,8 @@ mod tests {
         let t0 = Instant::now();
         let mut drained = false;
         for i in 0..4 {
-            drained |= c.on_sample(Some("a/"), &sample(t0 + Duration::from_millis(i), 5, 0, Outcome::ServerError)).drained;
+            drained |=
+                c.on_sample(Some("a/"), &sample(t0 + Duration::from_millis(i), 5, 0, Outcome::ServerError)).drained;
         }
         assert!(drained);
         let a = c.prefix("a/").unwrap();

@@ -359,6 +359,7 @@ impl<T> CoordinatorCore<T> {
         }
         let Some((i, ..)) = best else { return Err(soonest) };
         let entry = self.slots[i].queue.pop_front().expect("head exists");
+        self.metrics.on_dequeue(now.saturating_duration_since(entry.enqueued));
         self.reserve(i, now, entry.size);
         Ok((i, entry))
     }
@@ -528,7 +529,10 @@ fn move_stranded(core: &mut CoordinatorCore<Job>) {
     for e in core.take_stranded() {
         core.metrics_mut().on_moved();
         if let Err(e) = core.enqueue(e, true) {
-            let _ = e.payload.reply.send(Err(UploadRejected { item: e.payload.item, error: CoordinationError::NoPrefixes }));
+            let _ = e
+                .payload
+                .reply
+                .send(Err(UploadRejected { item: e.payload.item, error: CoordinationError::NoPrefixes }));
         }
     }
 }
@@ -537,7 +541,8 @@ impl PipelineCoordinator {
     /// A coordinator with no prefixes, not yet started.
     pub fn new(config: CoordinationConfig) -> Result<Self, CoordinationError> {
         config.validate().map_err(CoordinationError::Config)?;
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
         Ok(Self {
             shared: Arc::new(Shared {
                 core: Mutex::new(CoordinatorCore::new(config, seed)),
@@ -690,7 +695,13 @@ impl PipelineCoordinator {
     fn try_enqueue(&self, job: Job) -> Result<(), Job> {
         let t = Instant::now();
         let mut core = self.shared.core.lock().expect("core lock");
-        let entry = Entry { priority: job.item.priority, size: job.item.estimated_size, avoid: None, enqueued: t, payload: job };
+        let entry = Entry {
+            priority: job.item.priority,
+            size: job.item.estimated_size,
+            avoid: None,
+            enqueued: t,
+            payload: job,
+        };
         let r = core.enqueue(entry, false).map(|_| ()).map_err(|e| e.payload);
         core.metrics_mut().on_decision(t.elapsed());
         r
@@ -879,12 +890,16 @@ async fn run_job(shared: Arc<Shared>, i: usize, prefix: String, entry: Entry<Job
             let job = Job { moves: payload.moves + 1, ..payload };
             let entry = Entry { priority, size, avoid: Some(i), enqueued: t, payload: job };
             if let Err(e) = core.enqueue(entry, true) {
-                let _ = e.payload.reply.send(Err(UploadRejected { item: e.payload.item, error: CoordinationError::NoPrefixes }));
+                let _ = e
+                    .payload
+                    .reply
+                    .send(Err(UploadRejected { item: e.payload.item, error: CoordinationError::NoPrefixes }));
             }
         }
         Err(err) => {
             core.metrics_mut().on_failed();
-            let _ = payload.reply.send(Err(UploadRejected { item: payload.item, error: CoordinationError::Upload(err) }));
+            let _ =
+                payload.reply.send(Err(UploadRejected { item: payload.item, error: CoordinationError::Upload(err) }));
         }
     }
     core.metrics_mut().on_work(t.elapsed());
@@ -1149,12 +1164,10 @@ mod tests {
         for (i, p) in peak.iter().enumerate() {
             assert!(p.load(Ordering::SeqCst) <= 3, "prefix {} had {} in flight", names[i], p.load(Ordering::SeqCst));
         }
-        let core = coord.shared.core.lock().unwrap();
-        assert!(core.idle(), "every lease was released");
-        let m = core.metrics(Instant::now());
+        assert!(coord.shared.core.lock().unwrap().idle(), "every lease was released");
+        let m = coord.metrics();
         let not_stored = (0..16u64).flat_map(|t| (0..40).map(move |k| (t + k) % 7 == 0 || (t + k) % 11 == 0));
         assert_eq!(m.objects_completed + not_stored.filter(|d| *d).count() as u64, 640);
-        drop(core);
         coord.stop().await;
     }
 

@@ -78,8 +78,11 @@ pub struct CoordinationMetrics {
     pub scheduling_decisions: u64,
     /// Mean time of one scheduling decision, microseconds.
     pub scheduling_time_us_mean: f64,
-    /// Mean wait from asking for a slot to getting it, ms (pacing and back-pressure included).
+    /// Mean wait from asking for a lease to getting it, ms (pacing and back-pressure included).
     pub grant_wait_ms_mean: f64,
+    /// Mean time a queued object waited before it started, ms (pacing and back-pressure
+    /// included).
+    pub queue_wait_ms_mean: f64,
     /// Mean time per object, ms.
     pub object_latency_ms_mean: f64,
     pub baseline: Option<PerformanceBaseline>,
@@ -100,6 +103,8 @@ pub struct MetricsCollector {
     decision_time: Duration,
     waits: u64,
     wait_time: Duration,
+    queue_waits: u64,
+    queue_wait_time: Duration,
     in_flight: usize,
     capacity: usize,
     in_flight_integral: f64,
@@ -146,6 +151,12 @@ impl MetricsCollector {
     pub fn on_grant(&mut self, waited: Duration) {
         self.waits += 1;
         self.wait_time += waited;
+    }
+
+    /// A queued object started after waiting `waited` in its queue.
+    pub fn on_dequeue(&mut self, waited: Duration) {
+        self.queue_waits += 1;
+        self.queue_wait_time += waited;
     }
 
     /// An object finished under `prefix`.
@@ -205,11 +216,7 @@ impl MetricsCollector {
             _ => (0.0, 0.0, 0.0),
         };
         CoordinationMetrics {
-            coordination_overhead_percent: if elapsed > 0.0 {
-                self.busy.as_secs_f64() / elapsed * 100.0
-            } else {
-                0.0
-            },
+            coordination_overhead_percent: if elapsed > 0.0 { self.busy.as_secs_f64() / elapsed * 100.0 } else { 0.0 },
             load_balance_efficiency: balance,
             pipeline_utilization: if capacity > 0.0 { (in_flight / capacity).min(1.0) } else { 0.0 },
             global_throughput_mbps: throughput,
@@ -231,7 +238,16 @@ impl MetricsCollector {
             } else {
                 0.0
             },
-            grant_wait_ms_mean: if self.waits > 0 { self.wait_time.as_secs_f64() / self.waits as f64 * 1e3 } else { 0.0 },
+            grant_wait_ms_mean: if self.waits > 0 {
+                self.wait_time.as_secs_f64() / self.waits as f64 * 1e3
+            } else {
+                0.0
+            },
+            queue_wait_ms_mean: if self.queue_waits > 0 {
+                self.queue_wait_time.as_secs_f64() / self.queue_waits as f64 * 1e3
+            } else {
+                0.0
+            },
             object_latency_ms_mean: latency,
             baseline: self.baseline,
         }

@@ -46,7 +46,7 @@ pub use coordinator::{
     UploadRejected, UploadTicket,
 };
 pub use metrics::{CoordinationMetrics, PerformanceBaseline};
-pub use scheduler::{Trend, TransferScheduler};
+pub use scheduler::{TransferScheduler, Trend};
 pub use uploader::{
     Distribution, ObjectResult, ParallelConfig, ParallelUploader, PrefixPattern, PrefixResult, UploadItem,
     UploadSummary,

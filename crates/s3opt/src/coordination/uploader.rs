@@ -51,9 +51,10 @@ impl PrefixPattern {
             PrefixPattern::Date { root, date } => {
                 (0..n).map(|i| rooted(root, &format!("{date}/part-{i:02}"))).collect()
             }
-            PrefixPattern::Custom(list) => {
-                list.iter().map(|p| if p.ends_with('/') || p.is_empty() { p.clone() } else { format!("{p}/") }).collect()
-            }
+            PrefixPattern::Custom(list) => list
+                .iter()
+                .map(|p| if p.ends_with('/') || p.is_empty() { p.clone() } else { format!("{p}/") })
+                .collect(),
         }
     }
 }
@@ -90,8 +91,8 @@ impl PrefixPattern {
 
 /// Today's UTC date, `YYYY-MM-DD` (civil-from-days, no time-zone database needed).
 fn today() -> String {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400)
-        as i64;
+    let days =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -266,7 +267,12 @@ impl ParallelUploader {
 
     /// The full key prefixes used.
     pub fn prefixes(&self) -> Vec<String> {
-        self.cfg.pattern.prefixes(self.cfg.max_prefixes.max(1)).into_iter().map(|p| format!("{}{p}", self.base)).collect()
+        self.cfg
+            .pattern
+            .prefixes(self.cfg.max_prefixes.max(1))
+            .into_iter()
+            .map(|p| format!("{}{p}", self.base))
+            .collect()
     }
 
     /// Uploads every item; never returns early: failed objects are in the summary.
@@ -432,7 +438,8 @@ impl ParallelUploader {
     /// limits concurrency; a failed object is tried on the next prefix (up to 3 moves).
     async fn uncoordinated(&self, items: Vec<UploadItem>, prefixes: &[String]) -> Vec<ObjectResult> {
         let n = prefixes.len().max(1);
-        let sems: Vec<Arc<Semaphore>> = (0..n).map(|_| Arc::new(Semaphore::new(self.cfg.max_concurrent_uploads))).collect();
+        let sems: Vec<Arc<Semaphore>> =
+            (0..n).map(|_| Arc::new(Semaphore::new(self.cfg.max_concurrent_uploads))).collect();
         let loads: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
         let rr = AtomicUsize::new(0);
         let dist = self.cfg.distribution;
@@ -447,7 +454,11 @@ impl ParallelUploader {
         };
         let mut tasks = tokio::task::JoinSet::new();
         let mut out = Vec::new();
+        // All prefixes' slots: least-loaded waits for any slot, so a stuck prefix does not
+        // hold back the others.
+        let any = Arc::new(Semaphore::new(n * self.cfg.max_concurrent_uploads));
         for item in items {
+            let any_permit = any.clone().acquire_owned().await.expect("semaphore open");
             let first = pick(&item.name);
             // Waiting here bounds the tasks alive at once.
             let permit = sems[first].clone().acquire_owned().await.expect("semaphore open");
@@ -474,6 +485,7 @@ impl ParallelUploader {
                     drop(p);
                     match r {
                         Ok(bytes) => {
+                            drop(any_permit);
                             let secs = t0.elapsed().as_secs_f64();
                             return ObjectResult { name: item.name, key, bytes, moves, secs, error: None };
                         }
@@ -482,6 +494,7 @@ impl ParallelUploader {
                     at = (at + 1) % prefixes.len();
                 }
                 let secs = t0.elapsed().as_secs_f64();
+                drop(any_permit);
                 ObjectResult { name: item.name, key: String::new(), bytes: 0, moves: 3, secs, error: Some(last_err) }
             });
             while let Some(r) = tasks.try_join_next() {
