@@ -46,6 +46,10 @@ pub struct ManyArgs {
     /// many_small_files, advanced); --strategy still applies.
     #[arg(long, default_value = "default", value_name = "NAME")]
     pub preset: String,
+    /// Directory uploads: how objects reach the coordinator: queues (bounded per-prefix
+    /// queues drained by its dispatcher) or leases (one lease per object, as `ship` does).
+    #[arg(long, default_value = "queues", value_name = "HOW", value_parser = ["queues", "leases"])]
+    pub via: String,
     /// Directory uploads: the --json output of an earlier run to compare against (its
     /// measured throughput and latency become the baseline of the coordination metrics).
     #[arg(long, value_name = "FILE")]
@@ -67,6 +71,7 @@ struct ManySummary<'a> {
     source: String,
     destination: String,
     strategy: &'a str,
+    via: &'a str,
     prefixes: Vec<String>,
     requests: u64,
     retries: u64,
@@ -139,6 +144,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
         pattern: m.pattern.clone().with_root(&m.prefix_root),
         distribution: m.distribution,
         enable_coordination: coordinated,
+        use_leases: m.via == "leases",
         coordination,
         baseline,
     };
@@ -163,6 +169,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             source: dir.display().to_string(),
             destination: dest.to_string(),
             strategy: if coordinated { &m.strategy } else { "none" },
+            via: if coordinated { &m.via } else { "none" },
             prefixes,
             requests: metrics.requests,
             retries: metrics.retries,

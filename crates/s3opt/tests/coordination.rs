@@ -70,6 +70,16 @@ async fn assert_all_stored(client: &OptimizedS3Client, items: &[UploadItem], pre
     assert_eq!(listing.objects.len(), items.len(), "nothing extra");
 }
 
+async fn empty_bucket(client: &OptimizedS3Client) {
+    for o in client.list(BUCKET, "", None).await.unwrap().objects {
+        client.delete(BUCKET, &o.key).await.unwrap();
+    }
+}
+
+fn throttled_so_far(client: &OptimizedS3Client) -> u64 {
+    client.metrics().errors.get("throttled").copied().unwrap_or(0)
+}
+
 fn top_level_hash(n: usize) -> PrefixPattern {
     let _ = n;
     PrefixPattern::Hash { root: String::new() }
@@ -82,10 +92,11 @@ async fn coordinated_upload_survives_throttling_and_a_dead_prefix_with_nothing_l
                     [throttle]\nrequests_per_sec_per_prefix = 30.0\nprefix_depth = 1";
     let env = via_emulator(scenario, |_| {}).await;
     let items = make_files(env.files.path(), 150, 16 * 1024);
-    for strategy in [Strategy::TcpLike] {
+    for (strategy, use_leases) in [(Strategy::TcpLike, false), (Strategy::Adaptive, true)] {
         let cfg = ParallelConfig {
             max_prefixes: 4,
             max_concurrent_uploads: 3,
+            use_leases,
             pattern: top_level_hash(4),
             coordination: CoordinationConfig { strategy, ..CoordinationConfig::default() },
             ..ParallelConfig::default()
@@ -93,8 +104,10 @@ async fn coordinated_upload_survives_throttling_and_a_dead_prefix_with_nothing_l
         let up = ParallelUploader::new(env.client.clone(), BUCKET, "", cfg);
         let prefixes = up.prefixes();
         assert_eq!(prefixes, ["00/", "40/", "80/", "c0/"]);
+        empty_bucket(&env.client).await;
+        let throttled_before = throttled_so_far(&env.client);
         let summary = up.upload_all(items.clone()).await;
-        assert_eq!(summary.failed, 0, "{:?}", summary.results.iter().find(|r| r.error.is_some()));
+        assert_eq!(summary.failed, 0, "leases {use_leases}: {:?}", summary.results.iter().find(|r| r.error.is_some()));
         assert_eq!(summary.objects, 150);
         assert!(!summary.fell_back);
         let c = summary.coordination.as_ref().unwrap();
@@ -107,7 +120,7 @@ async fn coordinated_upload_survives_throttling_and_a_dead_prefix_with_nothing_l
         let throttled: u64 = congestion.prefixes.iter().map(|p| p.throttled).sum();
         assert_eq!(
             throttled,
-            env.client.metrics().errors.get("throttled").copied().unwrap_or(0),
+            throttled_so_far(&env.client) - throttled_before,
             "every 503 the engine saw reached the controller as a sample of its prefix"
         );
         assert_eq!(summary.per_prefix.iter().find(|p| p.prefix == "80/").unwrap().objects, 0);
@@ -153,13 +166,16 @@ async fn every_strategy_and_the_uncoordinated_distributions_store_every_object()
 async fn a_failed_coordinator_falls_back_to_uncoordinated_uploads_that_complete() {
     let env = via_emulator("[link]\nrtt_ms = 2.0", |_| {}).await;
     let items = make_files(env.files.path(), 60, 4096);
-    let cfg = ParallelConfig { max_prefixes: 3, pattern: top_level_hash(3), ..Default::default() };
-    let up = ParallelUploader::new(env.client.clone(), BUCKET, "", cfg).fail_coordinator_after(20);
-    let prefixes = up.prefixes();
-    let summary = up.upload_all(items.clone()).await;
-    assert!(summary.fell_back);
-    assert_eq!((summary.objects, summary.failed), (60, 0));
-    assert_all_stored(&env.client, &items, &prefixes).await;
+    for use_leases in [false, true] {
+        let cfg = ParallelConfig { max_prefixes: 3, pattern: top_level_hash(3), use_leases, ..Default::default() };
+        let up = ParallelUploader::new(env.client.clone(), BUCKET, "", cfg).fail_coordinator_after(20);
+        let prefixes = up.prefixes();
+        empty_bucket(&env.client).await;
+        let summary = up.upload_all(items.clone()).await;
+        assert!(summary.fell_back, "leases {use_leases}");
+        assert_eq!((summary.objects, summary.failed), (60, 0), "leases {use_leases}");
+        assert_all_stored(&env.client, &items, &prefixes).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +228,9 @@ async fn leases_name_prefixes_and_a_drained_prefix_is_left_for_healthy_ones() {
     let snap = coord.congestion();
     assert_eq!(snap.prefixes.iter().find(|p| p.prefix == "s/b/").unwrap().health, PrefixHealth::Drained);
     assert!(coord.acquire(1).await.is_err(), "a stopped coordinator grants nothing");
+    let fallback = coord.fallback_prefix("suitcase-007").unwrap();
+    assert!(["s/a/", "s/b/", "s/c/"].contains(&fallback.as_str()));
+    assert_eq!(coord.fallback_prefix("suitcase-007").unwrap(), fallback, "stable per name");
 }
 
 /// Uploads a file but never finishes unless allowed, to test cancellation.

@@ -754,6 +754,14 @@ impl PipelineCoordinator {
         self.reject_queued(CoordinationError::Failed(reason.into()), Lifecycle::Failed(reason.into()));
     }
 
+    /// Where `name` goes when the coordinator cannot be used (failed, or never started):
+    /// the registered prefixes by FNV-1a of the name, so retries land in the same place.
+    pub fn fallback_prefix(&self, name: &str) -> Option<String> {
+        let core = self.shared.core.lock().expect("core lock");
+        let n = core.prefix_count();
+        (n > 0).then(|| core.name((super::uploader::fnv1a(name.as_bytes()) % n as u64) as usize).to_owned())
+    }
+
     /// Whether [`fail`](Self::fail) happened.
     pub fn is_failed(&self) -> bool {
         matches!(*self.shared.state.lock().expect("state lock"), Lifecycle::Failed(_))

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::config::CoordinationConfig;
-use super::coordinator::{PipelineCoordinator, ScheduledUpload, UploadExecutor};
+use super::coordinator::{LeaseOutcome, PipelineCoordinator, ScheduledUpload, UploadExecutor};
 use super::metrics::{CoordinationMetrics, PerformanceBaseline};
 use crate::client::OptimizedS3Client;
 use crate::error::Error;
@@ -128,6 +128,10 @@ impl FromStr for Distribution {
     }
 }
 
+fn lease_prefix<'a>(key: &'a str, name: &str) -> &'a str {
+    key.strip_suffix(name).unwrap_or(key)
+}
+
 /// 64-bit FNV-1a.
 pub fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -146,6 +150,9 @@ pub struct ParallelConfig {
     pub distribution: Distribution,
     /// Use the coordinator. Default on.
     pub enable_coordination: bool,
+    /// With coordination: take a lease per object (the streaming API `ship` uses) instead
+    /// of going through the coordinator's queues. Default off (queues).
+    pub use_leases: bool,
     pub coordination: CoordinationConfig,
     /// Compared against in the coordination metrics.
     pub baseline: Option<PerformanceBaseline>,
@@ -159,6 +166,7 @@ impl Default for ParallelConfig {
             pattern: PrefixPattern::Hash { root: "archives".into() },
             distribution: Distribution::RoundRobin,
             enable_coordination: true,
+            use_leases: false,
             coordination: CoordinationConfig::default(),
             baseline: None,
         }
@@ -369,10 +377,21 @@ impl ParallelUploader {
             coord.set_baseline(b);
         }
         coord.attach(&self.client);
-        let exec = Arc::new(FileExecutor { client: self.client.clone(), bucket: self.bucket.clone() });
-        if let Err(e) = coord.start(Some(exec)) {
+        let exec: Arc<dyn UploadExecutor> =
+            Arc::new(FileExecutor { client: self.client.clone(), bucket: self.bucket.clone() });
+        if let Err(e) = coord.start((!self.cfg.use_leases).then_some(exec)) {
             tracing::warn!(%e, "coordinator did not start; uploading uncoordinated");
             return (Vec::new(), items, None, None, true);
+        }
+        if self.cfg.use_leases {
+            let (done, rest) = self.with_leases(&coord, items).await;
+            let failed = coord.is_failed();
+            if failed {
+                coord.cancel().await;
+            } else {
+                coord.stop().await;
+            }
+            return (done, rest, Some(coord.metrics()), Some(coord.congestion()), failed);
         }
         let by_name: HashMap<String, UploadItem> = items.iter().map(|i| (i.name.clone(), i.clone())).collect();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -432,6 +451,80 @@ impl ParallelUploader {
             coord.stop().await;
         }
         (done, rest, Some(coord.metrics()), Some(coord.congestion()), failed)
+    }
+
+    /// One lease per object: acquire, upload under the lease's prefix (given up if the
+    /// prefix is drained meanwhile), finish; a failed object takes a new lease, up to
+    /// `max_moves` times. Objects the coordinator refuses (it failed) are handed back.
+    async fn with_leases(
+        &self,
+        coord: &PipelineCoordinator,
+        items: Vec<UploadItem>,
+    ) -> (Vec<ObjectResult>, Vec<UploadItem>) {
+        let max_moves = self.cfg.coordination.max_moves;
+        // Enough tasks waiting for leases to keep every prefix busy, not one per file.
+        let waiting = Arc::new(Semaphore::new(2 * self.cfg.max_prefixes * self.cfg.max_concurrent_uploads));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut out = Vec::new();
+        let mut rest = Vec::new();
+        for (n, item) in items.into_iter().enumerate() {
+            if self.fail_coordinator_after.is_some_and(|k| n == k) {
+                coord.fail("failure injected by fail_coordinator_after");
+            }
+            let permit = waiting.clone().acquire_owned().await.expect("semaphore open");
+            let (coord, client, bucket) = (coord.clone(), self.client.clone(), self.bucket.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let mut last_err = String::new();
+                for moves in 0..=max_moves {
+                    let Ok(mut lease) = coord.acquire(item.size).await else { return Err(item) };
+                    let key = lease.key(&item.name);
+                    let t0 = Instant::now();
+                    let r = tokio::select! {
+                        r = put_file(&client, &bucket, &key, &item.path) => Some(r),
+                        () = lease.drained() => None,
+                    };
+                    match r {
+                        Some(Ok(bytes)) => {
+                            lease.finish(LeaseOutcome::Uploaded { bytes });
+                            let secs = t0.elapsed().as_secs_f64();
+                            return Ok(ObjectResult { name: item.name, key, bytes, moves, secs, error: None });
+                        }
+                        Some(Err(e)) => {
+                            lease.finish(LeaseOutcome::Failed);
+                            last_err = e.to_string();
+                        }
+                        None => {
+                            lease.finish(LeaseOutcome::Cancelled);
+                            last_err = format!("prefix {} was drained", lease_prefix(&key, &item.name));
+                        }
+                    }
+                }
+                Ok(ObjectResult {
+                    name: item.name,
+                    key: String::new(),
+                    bytes: 0,
+                    moves: max_moves,
+                    secs: 0.0,
+                    error: Some(last_err),
+                })
+            });
+            while let Some(r) = tasks.try_join_next() {
+                match r {
+                    Ok(Ok(o)) => out.push(o),
+                    Ok(Err(item)) => rest.push(item),
+                    Err(e) => tracing::warn!(%e, "upload task failed"),
+                }
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(o)) => out.push(o),
+                Ok(Err(item)) => rest.push(item),
+                Err(e) => tracing::warn!(%e, "upload task failed"),
+            }
+        }
+        (out, rest)
     }
 
     /// Without the coordinator: a distribution picks the prefix, a semaphore per prefix
