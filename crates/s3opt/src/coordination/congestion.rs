@@ -71,6 +71,8 @@ pub struct PrefixAllocation {
     recent: VecDeque<(Instant, Outcome)>,
     /// Finish times of successes within the last second (measured request rate).
     ok_times: VecDeque<Instant>,
+    /// Finish times of all attempts within the last second (the rate we were sending at).
+    attempt_times: VecDeque<Instant>,
     /// (time, cumulative bytes) of this prefix's deliveries within the BBR window, so a
     /// sample's delivered-at-start is this prefix's, not the whole client's.
     deliveries: VecDeque<(Instant, u64)>,
@@ -99,6 +101,7 @@ impl PrefixAllocation {
             consecutive_failures: 0,
             recent: VecDeque::new(),
             ok_times: VecDeque::new(),
+            attempt_times: VecDeque::new(),
             deliveries: VecDeque::new(),
             evicted: None,
             delivered: 0,
@@ -145,11 +148,18 @@ impl PrefixAllocation {
         self.recent.iter().filter(|(_, o)| *o == Outcome::Throttled).count() as f64 / self.recent.len() as f64
     }
 
-    /// Successful requests per second over the last second (or since the first one).
-    fn measured_rate(&self, now: Instant) -> f64 {
-        let Some(first) = self.ok_times.front() else { return 0.0 };
+    /// Requests per second over the last second (or since the first one) among `times`.
+    fn rate_of(times: &VecDeque<Instant>, now: Instant) -> f64 {
+        let Some(first) = times.front() else { return 0.0 };
         let span = now.duration_since(*first).as_secs_f64().clamp(0.25, 1.0);
-        self.ok_times.len() as f64 / span
+        times.len() as f64 / span
+    }
+
+    /// What the prefix takes, judged when it throttles: the success rate, or half the rate
+    /// we were sending at if that is more (a prefix throttled while lightly used is not
+    /// capped at its light use).
+    fn throttled_rate_estimate(&self, now: Instant) -> f64 {
+        Self::rate_of(&self.ok_times, now).max(0.5 * Self::rate_of(&self.attempt_times, now))
     }
 
     /// Objects it may have in flight now: the least of its window, its share and the
@@ -431,6 +441,8 @@ impl GlobalCongestionController {
         );
         let (threshold, drain_fraction, per_prefix) =
             (self.cfg.failure_threshold, self.cfg.throttle_drain_fraction, self.cfg.per_prefix_concurrency as f64);
+        // The best learned cap of any prefix: a prefix far below it regrows fast.
+        let reference = self.prefixes.values().filter_map(|p| p.rate_cap).fold(0.0, f64::max);
         let a = self.prefixes.get_mut(prefix).expect("known prefix");
         let mut effect = SampleEffect::default();
         let now = s.finished;
@@ -439,9 +451,12 @@ impl GlobalCongestionController {
         if a.recent.len() > HISTORY {
             a.recent.pop_front();
         }
-        while a.ok_times.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(1)) {
-            a.ok_times.pop_front();
+        for times in [&mut a.ok_times, &mut a.attempt_times] {
+            while times.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(1)) {
+                times.pop_front();
+            }
         }
+        a.attempt_times.push_back(now);
         let before = (a.congestion_window, a.rate_cap);
         match s.outcome {
             Outcome::Ok => {
@@ -492,17 +507,22 @@ impl GlobalCongestionController {
                         };
                     }
                 }
-                // Additive growth of a learned rate cap.
+                // Growth of a learned rate cap: doubling per second while under half the best
+                // prefix's cap, then additive (`probing` x cap per second).
                 if let Some(cap) = &mut a.rate_cap {
                     let since = a.last_growth.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64().min(1.0));
-                    *cap += probing * *cap * since;
+                    if *cap < 0.5 * reference {
+                        *cap = (*cap * (1.0 + since)).min(0.5 * reference);
+                    } else {
+                        *cap += probing * *cap * since;
+                    }
                     a.last_growth = Some(now);
                 }
             }
             Outcome::Throttled => {
                 a.throttled += 1;
                 if flow && a.last_rate_cut.is_none_or(|t| s.started >= t) {
-                    let measured = a.measured_rate(now).max(1.0);
+                    let measured = a.throttled_rate_estimate(now).max(1.0);
                     let cap = a.rate_cap.map_or(measured, |c| c.min(measured));
                     a.rate_cap = Some((cap * rate_keep).max(1.0));
                     a.last_rate_cut = Some(now);
@@ -688,6 +708,29 @@ mod tests {
         }
         let grown = c.prefix("a/").unwrap().rate_cap.unwrap();
         assert!(grown > cap * 1.04 && grown < cap * 1.07, "{cap} -> {grown}");
+    }
+
+    #[test]
+    fn a_prefix_capped_far_below_the_others_regrows_exponentially_then_additively() {
+        let mut c = GlobalCongestionController::new(&cfg());
+        c.add_prefix("busy/");
+        c.add_prefix("idle/");
+        let t0 = Instant::now();
+        for i in 0..40 {
+            c.on_sample(Some("busy/"), &sample(t0 + Duration::from_millis(i * 25), 20, 1000, Outcome::Ok));
+        }
+        c.on_sample(Some("busy/"), &sample(t0 + Duration::from_millis(1000), 20, 1000, Outcome::Throttled));
+        // idle/ is throttled after two requests (someone else emptied its budget).
+        c.on_sample(Some("idle/"), &sample(t0 + Duration::from_millis(900), 20, 1000, Outcome::Ok));
+        c.on_sample(Some("idle/"), &sample(t0 + Duration::from_millis(1000), 20, 1000, Outcome::Throttled));
+        let busy = c.prefix("busy/").unwrap().rate_cap.unwrap();
+        let idle = c.prefix("idle/").unwrap().rate_cap.unwrap();
+        assert!(idle < busy / 4.0, "{idle} vs {busy}");
+        for i in 1..=20 {
+            c.on_sample(Some("idle/"), &sample(t0 + Duration::from_millis(1000 + i * 100), 20, 1000, Outcome::Ok));
+        }
+        let regrown = c.prefix("idle/").unwrap().rate_cap.unwrap();
+        assert!(regrown >= busy * 0.5 && regrown < busy * 0.6, "doubling up to half of {busy}, then +5%/s: {regrown}");
     }
 
     #[test]
