@@ -4,8 +4,9 @@
 For each scenario (default: throttled, prefix-failure), each run on a fresh store behind a fresh
 `cargoship emulate`:
   - `uncoordinated`: 8 prefixes, least loaded, 3 objects in flight per prefix (the baseline);
-  - `tcp_like`, `fair_share`, `adaptive`: 8 prefixes through the coordinator (with the
-    uncoordinated run as --baseline, so the JSON's improvement_factor is measured);
+  - `tcp_like`, `fair_share`, `adaptive`: 8 prefixes through the coordinator's queues (with
+    the uncoordinated run as --baseline, so the JSON's improvement_factor is measured);
+  - `adaptive-leases`: the same through the lease API (one lease per object, as `ship` uses);
   - `single`: the same upload to 1 prefix (adaptive).
 Reports throughput against min(bottleneck, healthy prefixes x request limit x object size),
 503 SlowDown after the first 5 s as a share of requests, failed objects, missing or corrupt
@@ -154,6 +155,7 @@ def main():
         baseline_file = WORK / f"{scenario}-uncoordinated.json"
         for strategy in ["tcp_like", "fair_share", "adaptive"]:
             runs.append(run_one(scenario, strategy, src, hashes, [*common, "--strategy", strategy], baseline_file))
+        runs.append(run_one(scenario, "adaptive-leases", src, hashes, [*common, "--strategy", "adaptive", "--via", "leases"], baseline_file))
         runs.append(run_one(scenario, "single", ssrc, shashes, ["--prefixes", "1", "--per-prefix", "3", "--strategy", "adaptive"]))
         for r in runs:
             healthy = (PREFIXES - dead) if r["run"] != "single" else 1
