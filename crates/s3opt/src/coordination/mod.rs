@@ -11,6 +11,12 @@
 //!   a plain distribution;
 //! - [`metrics`]: [`CoordinationMetrics`] and [`PerformanceBaseline`].
 //!
+//! Lifecycle: `new`, `register_prefix`, `attach(&client)` (its request samples feed the
+//! congestion controller), `start`, then leases or `schedule_upload`, and always `stop()`
+//! (graceful) or `cancel()` at the end: they end the coordinator's tasks and detach it. When
+//! `acquire` fails with [`CoordinationError::Failed`], upload uncoordinated under
+//! [`PipelineCoordinator::fallback_prefix`].
+//!
 //! ```no_run
 //! # async fn demo(client: s3opt::OptimizedS3Client) -> Result<(), Box<dyn std::error::Error>> {
 //! use s3opt::coordination::{CoordinationConfig, LeaseOutcome, PipelineCoordinator};
