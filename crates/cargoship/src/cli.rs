@@ -27,6 +27,7 @@ Examples:
   cargoship verify s3://my-bucket/archives/dataset-2026 --against ./dataset --deep
   cargoship ls s3://my-bucket/archives/
   cargoship put data.bin s3://my-bucket/data/data.bin
+  cargoship put ./results s3://my-bucket/runs/ --prefixes 8 --strategy fair_share
   cargoship get s3://my-bucket/data/data.bin ./copy.bin
   cargoship get s3://my-bucket/data/data.bin head.bin --range 0:4096
   cargoship ls s3://my-bucket/data/
@@ -118,10 +119,14 @@ pub struct EmulateArgs {
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// Local file to upload, or - for standard input.
+    /// Local file to upload, - for standard input, or a directory (every file under it
+    /// becomes an object, spread over --prefixes key prefixes).
     pub source: String,
-    /// Destination s3://bucket/key (a key ending in / gets the file's name appended).
+    /// Destination s3://bucket/key (a key ending in / gets the file's name appended); for
+    /// a directory, s3://bucket/prefix.
     pub destination: String,
+    #[command(flatten)]
+    pub many: crate::put_many::ManyArgs,
 }
 
 #[derive(Debug, Args)]

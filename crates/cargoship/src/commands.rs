@@ -117,11 +117,7 @@ pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
     } else {
         let meta = std::fs::metadata(&source_path).map_err(|e| LocalFileError::read(&source_path, e))?;
         if meta.is_dir() {
-            return Err(LocalFileError::read(
-                &source_path,
-                std::io::Error::other("is a directory (put uploads one file)"),
-            )
-            .into());
+            return crate::put_many::run(g, args).await;
         }
         let file = tokio::fs::File::open(&source_path).await.map_err(|e| LocalFileError::read(&source_path, e))?;
         (Box::new(file), Some(meta.len()))

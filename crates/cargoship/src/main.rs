@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod exit;
 mod progress;
+mod put_many;
 mod s3url;
 mod setup;
 

@@ -53,7 +53,20 @@ pub(crate) struct Engine {
     control: std::sync::Mutex<Control>,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
+    observers: std::sync::RwLock<Vec<(u64, Arc<dyn SampleObserver>)>>,
 }
+
+/// Sees every finished request attempt of a client, with the object key it was for (empty
+/// for requests that name no object). Called on the request's task: keep it cheap.
+pub trait SampleObserver: Send + Sync {
+    /// One attempt ended; `sample` is exactly what the client's own controller consumed.
+    fn on_sample(&self, key: &str, sample: &Sample);
+}
+
+/// Handle of a registered [`SampleObserver`], for [`OptimizedS3Client::remove_sample_observer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObserverId(u64);
 
 /// The control loop's state.
 struct Control {
@@ -184,6 +197,7 @@ impl OptimizedS3Client {
             endpoint,
             cfg,
             cleanup: std::sync::Mutex::new(Vec::new()),
+            observers: std::sync::RwLock::new(Vec::new()),
         };
         Self { engine: Arc::new(engine) }
     }
@@ -243,6 +257,19 @@ impl OptimizedS3Client {
         for h in handles {
             let _ = h.await;
         }
+    }
+
+    /// Registers `observer` to see every request's sample from now on.
+    pub fn add_sample_observer(&self, observer: Arc<dyn SampleObserver>) -> ObserverId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Relaxed);
+        self.engine.observers.write().expect("observers lock").push((id, observer));
+        ObserverId(id)
+    }
+
+    /// Stops calling the observer registered under `id`.
+    pub fn remove_sample_observer(&self, id: ObserverId) {
+        self.engine.observers.write().expect("observers lock").retain(|(i, _)| *i != id.0);
     }
 
     /// Live counters.
@@ -394,7 +421,16 @@ impl Engine {
 
     /// Runs one request with retries. Data requests (`bytes > 0` or GET/PUT ops) take a
     /// window slot per attempt; the slot is released while backing off.
-    pub(crate) async fn run<T, F, Fut>(&self, op: Op, bytes: u64, mut attempt_fn: F) -> Result<T>
+    pub(crate) async fn run<T, F, Fut>(&self, op: Op, bytes: u64, attempt_fn: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        self.run_keyed("", op, bytes, attempt_fn).await
+    }
+
+    /// [`Engine::run`] for a request on object `key`: sample observers see the key.
+    pub(crate) async fn run_keyed<T, F, Fut>(&self, key: &str, op: Op, bytes: u64, mut attempt_fn: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -449,6 +485,9 @@ impl Engine {
                 self.steer(&mut sample);
             }
             self.metrics.record(&sample);
+            for (_, o) in self.observers.read().expect("observers lock").iter() {
+                o.on_sample(key, &sample);
+            }
             let failure = match result {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
@@ -623,7 +662,7 @@ impl Engine {
     }
 
     pub(crate) async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
-        self.run(Op::AbortMultipart, 0, move || async move {
+        self.run_keyed(key, Op::AbortMultipart, 0, move || async move {
             self.s3
                 .abort_multipart_upload()
                 .bucket(bucket)
