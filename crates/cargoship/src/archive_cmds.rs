@@ -100,6 +100,8 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
         resume: !a.no_resume,
         state_dir: journal::state_dir(),
         parallel: a.parallel_suitcases as usize,
+        prefixes: a.prefixes as usize,
+        strategy: a.strategy.parse().map_err(ArchiveError::Usage)?,
     };
     let session = setup::connect(g).await?;
     session.ensure_embedded_bucket(&dest.bucket)?;

@@ -214,6 +214,13 @@ pub struct ShipArgs {
     /// Suitcases packed and uploaded at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel_suitcases: u64,
+    /// Key prefixes (suitcases/00/, suitcases/20/, ...) to spread suitcases over, chosen per
+    /// suitcase by the cross-prefix coordinator; 0 = 8 when there are 8 or more suitcases.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub prefixes: u64,
+    /// How the coordinator picks a prefix: tcp_like, fair_share or adaptive.
+    #[arg(long, default_value = "adaptive", value_name = "NAME")]
+    pub strategy: String,
 }
 
 #[derive(Debug, Args)]
