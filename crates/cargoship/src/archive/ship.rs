@@ -326,6 +326,7 @@ struct Resumed {
     bytes: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn ship_suitcase(
     client: &OptimizedS3Client,
     o: &ShipOptions,
