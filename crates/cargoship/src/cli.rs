@@ -43,7 +43,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalOpts {
     /// S3 endpoint URL (as in the AWS CLI); path-style addressing is used with it.
     #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]

@@ -53,6 +53,11 @@ pub struct ShipOptions {
     pub strategy: s3opt::coordination::Strategy,
 }
 
+/// Memory one packing suitcase holds outside the client's buffer pool, in frames: the one
+/// being filled, one queued, one per compression worker (in and out), two compressed ones
+/// queued for the upload and the one it is reading.
+pub const PIPELINE_FRAMES: u64 = 12;
+
 /// Prefix spreading used when `prefixes` is automatic.
 const AUTO_PREFIXES: usize = 8;
 
@@ -408,7 +413,7 @@ async fn upload_suitcase(
     let items = journal.plan[index].clone();
     let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
-    let (body_tx, mut body_rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (body_tx, mut body_rx) = mpsc::channel::<io::Result<Bytes>>(2);
     let (root, frame_size, strict) = (source.to_owned(), o.frame_size as usize, o.strict);
     let packer = tokio::task::spawn_blocking(move || pack(&root, &items, frame_size, strict, &progress.pack, raw_tx));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
