@@ -68,6 +68,10 @@ pub struct GlobalOpts {
     /// Most object data held in memory at once (e.g. 256MiB, 1G).
     #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub memory_budget: u64,
+    /// Cap on transfer bandwidth in bytes per second, all requests together (e.g. 10MiB,
+    /// 500K; K/M/G are binary).
+    #[arg(long, global = true, value_parser = parse_size, value_name = "RATE")]
+    pub bwlimit: Option<u64>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long, global = true)]
     pub json: bool,

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -27,6 +27,7 @@ use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
+use crate::network::pacing::RateLimiter;
 use crate::network::rtt::RttEstimator;
 use crate::network::{Op, Sample};
 use crate::performance::buffer::BufferPool;
@@ -51,6 +52,8 @@ pub(crate) struct Engine {
     part_size: AtomicU64,
     /// Controller, delivery accounting and monitor, updated on every data request.
     control: std::sync::Mutex<Control>,
+    /// `--bwlimit`: the pacer and its rate (bytes/s).
+    pacer: Option<(std::sync::Mutex<RateLimiter>, f64)>,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
@@ -187,6 +190,7 @@ impl OptimizedS3Client {
             monitor: Monitor::new(now),
             rtt: RttEstimator::default(),
         };
+        let pacer = cfg.bandwidth_limit.map(|r| (std::sync::Mutex::new(RateLimiter::new(now)), r as f64));
         let engine = Engine {
             s3,
             control: std::sync::Mutex::new(control),
@@ -196,6 +200,7 @@ impl OptimizedS3Client {
             metrics,
             endpoint,
             cfg,
+            pacer,
             cleanup: std::sync::Mutex::new(Vec::new()),
             observers: std::sync::RwLock::new(Vec::new()),
         };
@@ -416,7 +421,20 @@ impl Engine {
     }
 
     pub(crate) fn clamp_part_size(&self, n: u64) -> u64 {
-        n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).max(MIN_PART_SIZE))
+        // Under a bandwidth cap, about one second's worth per request keeps pacing smooth.
+        let paced = self.pacer.as_ref().map_or(MAX_PART_SIZE, |(_, rate)| *rate as u64);
+        n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).min(paced).max(MIN_PART_SIZE))
+    }
+
+    /// With a bandwidth cap, waits until this request's share of the link begins.
+    async fn pace(&self, bytes: u64) {
+        let Some((limiter, rate)) = &self.pacer else { return };
+        let now = Instant::now();
+        let end = limiter.lock().expect("pacer lock").reserve(now, bytes as usize, rate / 1e6);
+        let start = end.checked_sub(Duration::from_secs_f64(bytes as f64 / rate)).unwrap_or(now);
+        if start > now {
+            tokio::time::sleep_until(start.into()).await;
+        }
     }
 
     /// Runs one request with retries. Data requests (`bytes > 0` or GET/PUT ops) take a
@@ -439,6 +457,9 @@ impl Engine {
         let mut attempt: u32 = 0;
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
+            if windowed && bytes > 0 {
+                self.pace(bytes).await;
+            }
             self.metrics.request_started();
             let (delivered_at_start, delivered_time_at_start) = {
                 let c = self.control.lock().expect("control lock");

@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::scenario::{Params, Scenario};
-use super::shaper::RateLimiter;
 use super::stats::{Event, Report, Stats};
+use s3opt::network::pacing::RateLimiter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
