@@ -312,3 +312,17 @@ async fn many_suitcases_are_spread_over_prefixes_by_the_coordinator() {
     restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
     assert_same_tree(&src, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_directory_ships_and_restores_to_an_empty_directory() {
+    let env = start().await;
+    let src = env.dir.path().join("empty");
+    std::fs::create_dir_all(&src).unwrap();
+    let report = ship(&env.client, &options(&env, &src, "empty"), Arc::new(ShipProgress::default())).await.unwrap();
+    assert_eq!((report.files, report.suitcases), (0, 1));
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "empty").await.unwrap();
+    let out = env.dir.path().join("out");
+    let r = restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_eq!(r.files, 0);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}
