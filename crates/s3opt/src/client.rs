@@ -426,18 +426,7 @@ impl Engine {
         n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).min(paced).max(MIN_PART_SIZE))
     }
 
-    /// With a bandwidth cap, holds the reading of a response body until the bytes just
-    /// received fit the rate (TCP then slows the sender: downloads are paced byte by byte).
-    pub(crate) async fn pace_received(&self, bytes: usize) {
-        let Some((limiter, rate)) = &self.pacer else { return };
-        let now = Instant::now();
-        let end = limiter.lock().expect("pacer lock").reserve(now, bytes, rate / 1e6);
-        if end > now {
-            tokio::time::sleep_until(end.into()).await;
-        }
-    }
-
-    /// With a bandwidth cap, waits until this upload's share of the link begins.
+    /// With a bandwidth cap, waits until this request's share of the link begins.
     async fn pace(&self, bytes: u64) {
         let Some((limiter, rate)) = &self.pacer else { return };
         let now = Instant::now();
@@ -468,7 +457,7 @@ impl Engine {
         let mut attempt: u32 = 0;
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
-            if matches!(op, Op::PutObject | Op::UploadPart) && bytes > 0 {
+            if windowed && bytes > 0 {
                 self.pace(bytes).await;
             }
             self.metrics.request_started();
@@ -761,10 +750,7 @@ pub(crate) async fn read_body(
                 ));
             }
             Ok(Ok(None)) => break,
-            Ok(Ok(Some(chunk))) => {
-                buf.extend_from_slice(&chunk);
-                engine.pace_received(chunk.len()).await;
-            }
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
         }
     }
     if let Some(n) = expected
