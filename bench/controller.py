@@ -8,7 +8,7 @@ per-second byte counts) as a fraction of the bottleneck, peak RSS, retries, hedg
 and the controller's window range, and verifies the download byte for byte.
 
 Usage: bench/controller.py [SCENARIO ...]   (default: wan lossy shifting)
-Writes bench/results/controller.md.
+Writes bench/results/controller.md (default scenarios) or controller-NAME-....md.
 """
 import hashlib, json, os, signal, socket, subprocess, sys, time, tomllib, urllib.request
 from pathlib import Path
@@ -117,7 +117,8 @@ def main():
             f"| {r['scenario']} | {r['direction']} | {r['mib']} | {r['seconds']:.1f} | {r['mbps']:.1f} | {fmt(r['pct'], '.0f')} | "
             f"{fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
             f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |")
-    out = ROOT / "bench/results/controller.md"
+    default = names == ["wan", "lossy", "shifting"]
+    out = ROOT / ("bench/results/controller.md" if default else f"bench/results/controller-{'-'.join(names)}.md")
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     if any(r["verified"] != "yes" for r in rows):

@@ -100,7 +100,13 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
         resume: !a.no_resume,
         state_dir: journal::state_dir(),
         parallel: a.parallel_suitcases as usize,
+        prefixes: a.prefixes as usize,
+        strategy: a.strategy.parse().map_err(ArchiveError::Usage)?,
     };
+    // The packing pipelines' frames come out of the memory budget; the client's buffer
+    // pool gets the rest (at least 32 MiB).
+    let pipelines = a.parallel_suitcases * cargoship::archive::ship::PIPELINE_FRAMES * a.frame_size;
+    let g = &GlobalOpts { memory_budget: g.memory_budget.saturating_sub(pipelines).max(32 << 20), ..g.clone() };
     let session = setup::connect(g).await?;
     session.ensure_embedded_bucket(&dest.bucket)?;
     let client = &session.client;
@@ -138,6 +144,7 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
         mb_per_s: f64,
         metrics: s3opt::MetricsSnapshot,
         controller: s3opt::ControllerState,
+        timeline: Vec<s3opt::TimelinePoint>,
     }
     let mb_per_s = r.bytes as f64 / secs / 1e6;
     if g.json {
@@ -147,6 +154,7 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
             mb_per_s,
             metrics: client.metrics(),
             controller: client.controller_state(),
+            timeline: client.timeline(),
         });
     }
     if r.up_to_date {
@@ -225,9 +233,20 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> anyhow::Result<()> {
             report: &'a cargoship::archive::restore::RestoreReport,
             fetched_bytes: u64,
             seconds: f64,
+            mb_per_s: f64,
             metrics: s3opt::MetricsSnapshot,
+            controller: s3opt::ControllerState,
+            timeline: Vec<s3opt::TimelinePoint>,
         }
-        return print_json(&Out { report: &r, fetched_bytes: fetched, seconds: secs, metrics: client.metrics() });
+        return print_json(&Out {
+            report: &r,
+            fetched_bytes: fetched,
+            seconds: secs,
+            mb_per_s: r.bytes as f64 / secs / 1e6,
+            metrics: client.metrics(),
+            controller: client.controller_state(),
+            timeline: client.timeline(),
+        });
     }
     println!(
         "restored {} files ({}), {} directories, {} symlinks into {} in {:.2} s ({:.1} MB/s); fetched {} from S3 (inventory included; the suitcases hold {}); every file's hash verified",

@@ -27,6 +27,7 @@ Examples:
   cargoship verify s3://my-bucket/archives/dataset-2026 --against ./dataset --deep
   cargoship ls s3://my-bucket/archives/
   cargoship put data.bin s3://my-bucket/data/data.bin
+  cargoship put ./results s3://my-bucket/runs/ --prefixes 8 --strategy fair_share
   cargoship get s3://my-bucket/data/data.bin ./copy.bin
   cargoship get s3://my-bucket/data/data.bin head.bin --range 0:4096
   cargoship ls s3://my-bucket/data/
@@ -43,7 +44,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalOpts {
     /// S3 endpoint URL (as in the AWS CLI); path-style addressing is used with it.
     #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]
@@ -68,6 +69,10 @@ pub struct GlobalOpts {
     /// Most object data held in memory at once (e.g. 256MiB, 1G).
     #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub memory_budget: u64,
+    /// Cap on transfer bandwidth in bytes per second, all requests together (e.g. 10MiB,
+    /// 500K; K/M/G are binary).
+    #[arg(long, global = true, value_parser = parse_size, value_name = "RATE")]
+    pub bwlimit: Option<u64>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -123,10 +128,14 @@ pub struct EmulateArgs {
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// Local file to upload, or - for standard input.
+    /// Local file to upload, - for standard input, or a directory (every file under it
+    /// becomes an object, spread over --prefixes key prefixes).
     pub source: String,
-    /// Destination s3://bucket/key (a key ending in / gets the file's name appended).
+    /// Destination s3://bucket/key (a key ending in / gets the file's name appended); for
+    /// a directory, s3://bucket/prefix.
     pub destination: String,
+    #[command(flatten)]
+    pub many: crate::put_many::ManyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -184,7 +193,9 @@ pub struct ShipArgs {
     /// Compression level (zstd 1-22, default 3; gzip 0-9, default 6).
     #[arg(long, allow_negative_numbers = true)]
     pub level: Option<i32>,
-    /// Most uncompressed bytes per suitcase (a larger single file gets its own).
+    /// Most uncompressed bytes per suitcase (a larger single file gets its own). Smaller
+    /// trees are split into 2 x --parallel-suitcases suitcases (of at least 64 MiB) so that
+    /// they pack and upload in parallel.
     #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub suitcase_size: u64,
     /// Uncompressed bytes per frame: the smallest unit a single-file restore fetches.
@@ -212,6 +223,13 @@ pub struct ShipArgs {
     /// Suitcases packed and uploaded at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel_suitcases: u64,
+    /// Key prefixes (suitcases/00/, suitcases/20/, ...) to spread suitcases over, chosen per
+    /// suitcase by the cross-prefix coordinator; 0 = 8 when there are 8 or more suitcases.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub prefixes: u64,
+    /// How the coordinator picks a prefix: tcp_like, fair_share or adaptive.
+    #[arg(long, default_value = "adaptive", value_name = "NAME")]
+    pub strategy: String,
 }
 
 #[derive(Debug, Args)]

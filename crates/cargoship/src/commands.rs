@@ -117,11 +117,7 @@ pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
     } else {
         let meta = std::fs::metadata(&source_path).map_err(|e| LocalFileError::read(&source_path, e))?;
         if meta.is_dir() {
-            return Err(LocalFileError::read(
-                &source_path,
-                std::io::Error::other("is a directory (put uploads one file)"),
-            )
-            .into());
+            return crate::put_many::run(g, args).await;
         }
         let file = tokio::fs::File::open(&source_path).await.map_err(|e| LocalFileError::read(&source_path, e))?;
         (Box::new(file), Some(meta.len()))
@@ -234,19 +230,8 @@ pub async fn ls(g: &GlobalOpts, args: &LsArgs) -> anyhow::Result<()> {
 }
 
 fn format_time(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    // RFC 3339 in UTC, shown as "YYYY-MM-DD HH:MM:SS" like the AWS CLI's listing.
+    humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").trim_end_matches('Z').to_owned()
 }
 
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ mod commands;
 mod exit;
 mod mount;
 mod progress;
+mod put_many;
 mod s3url;
 mod setup;
 

@@ -82,6 +82,7 @@ fn client_config(g: &GlobalOpts) -> ClientConfig {
         concurrency: g.concurrency.unwrap_or(32) as usize,
         part_size: g.part_size,
         memory_budget: g.memory_budget,
+        bandwidth_limit: g.bwlimit,
         ..ClientConfig::default()
     }
 }

@@ -53,6 +53,8 @@ fn options(env: &Env, source: &Path, prefix: &str) -> ShipOptions {
         resume: true,
         state_dir: env.dir.path().join("state"),
         parallel: 2,
+        prefixes: 0,
+        strategy: s3opt::coordination::Strategy::Adaptive,
     }
 }
 
@@ -288,4 +290,39 @@ async fn a_full_disk_on_restore_is_a_clear_error_and_leaves_no_partial_file() {
     let left: Vec<_> = std::fs::read_dir(&disk.0).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().contains("cargoship-partial")), "{left:?}");
     assert!(!disk.0.join("a.bin").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_suitcases_are_spread_over_prefixes_by_the_coordinator() {
+    let env = start().await;
+    let src = env.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        std::fs::write(src.join(format!("f{i:02}.bin")), data(i, 100_000)).unwrap();
+    }
+    let o = ShipOptions { suitcase_size: 128 << 10, ..options(&env, &src, "spread") };
+    let report = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    assert_eq!(report.suitcases, 12);
+    assert!(report.prefixes.len() >= 4, "spread over 8 prefixes: {:?}", report.prefixes);
+    assert!(report.prefixes.iter().all(|p| p.starts_with("suitcases/") && p.len() == "suitcases/00/".len()));
+    let c = report.coordination.as_ref().expect("coordination metrics");
+    assert_eq!(c.active_prefixes, 8);
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "spread").await.unwrap();
+    let out = env.dir.path().join("out");
+    restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_same_tree(&src, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_directory_ships_and_restores_to_an_empty_directory() {
+    let env = start().await;
+    let src = env.dir.path().join("empty");
+    std::fs::create_dir_all(&src).unwrap();
+    let report = ship(&env.client, &options(&env, &src, "empty"), Arc::new(ShipProgress::default())).await.unwrap();
+    assert_eq!((report.files, report.suitcases), (0, 1));
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "empty").await.unwrap();
+    let out = env.dir.path().join("out");
+    let r = restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_eq!(r.files, 0);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }

@@ -148,8 +148,10 @@ async fn unreadable_source_and_unwritable_destination_exit_6() {
     let env = start().await;
     let o = run_against(&env, &["put", "/definitely/not/here.bin", "s3://bucket/k"]).await;
     assert_fails(&o, 6, "cannot read /definitely/not/here.bin");
-    let o = run_against(&env, &["put", env.dir.path().to_str().unwrap(), "s3://bucket/k"]).await;
-    assert_fails(&o, 6, "is a directory");
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = run_against(&env, &["put", empty.to_str().unwrap(), "s3://bucket/k"]).await;
+    assert_fails(&o, 6, "contains no files");
 
     let f = env.dir.path().join("f");
     std::fs::write(&f, b"hello").unwrap();
@@ -180,4 +182,57 @@ async fn without_endpoint_or_credentials_the_embedded_store_is_used_and_announce
     let o = run(home.path(), &envs, &["--endpoint-url", "http://127.0.0.1:1", "ls", "s3://demo/"]).await;
     assert!(!stderr(&o).contains("embedded local store"));
     assert_ne!(o.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_of_a_directory_spreads_objects_over_prefixes_with_coordination_metrics() {
+    let env = start().await;
+    let tree = env.dir.path().join("tree");
+    for i in 0..24 {
+        let d = tree.join(format!("sub{}", i % 3));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.txt")), format!("file {i}").repeat(100)).unwrap();
+    }
+    let args =
+        ["--json", "put", tree.to_str().unwrap(), "s3://bucket/runs/", "--prefixes", "4", "--strategy", "fair_share"];
+    let o = run_against(&env, &args).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((j["objects"].as_u64(), j["failed"].as_u64()), (Some(24), Some(0)));
+    assert_eq!(j["strategy"], "fair_share");
+    let prefixes: Vec<&str> = j["prefixes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(prefixes, ["runs/archives/00/", "runs/archives/40/", "runs/archives/80/", "runs/archives/c0/"]);
+    let c = &j["coordination"];
+    assert_eq!(c["objects_completed"], 24);
+    assert_eq!(c["active_prefixes"], 4);
+    for field in
+        ["coordination_overhead_percent", "load_balance_efficiency", "pipeline_utilization", "global_throughput_mbps"]
+    {
+        assert!(c[field].as_f64().is_some(), "{field} in {c}");
+    }
+    let per: u64 = j["per_prefix"].as_array().unwrap().iter().map(|p| p["objects"].as_u64().unwrap()).sum();
+    assert_eq!(per, 24);
+    let o = run_against(&env, &["ls", "--recursive", "s3://bucket/runs/"]).await;
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(listing.lines().filter(|l| l.contains("/sub")).count(), 24, "{listing}");
+    assert!(listing.contains("sub1/f1.txt"));
+
+    // Uncoordinated, with a distribution, and a bad strategy name.
+    let args = [
+        "--json",
+        "put",
+        tree.to_str().unwrap(),
+        "s3://bucket/flat/",
+        "--strategy",
+        "none",
+        "--distribution",
+        "hash_based",
+    ];
+    let o = run_against(&env, &args).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["failed"], 0);
+    assert!(j.get("coordination").is_none());
+    let o = run_against(&env, &["put", tree.to_str().unwrap(), "s3://bucket/x/", "--strategy", "fastest"]).await;
+    assert_fails(&o, 1, "unknown strategy 'fastest'");
 }

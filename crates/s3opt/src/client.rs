@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -27,6 +27,7 @@ use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
+use crate::network::pacing::RateLimiter;
 use crate::network::rtt::RttEstimator;
 use crate::network::{Op, Sample};
 use crate::performance::block_cache::{BLOCK_SIZE, BlockCache, CacheStats};
@@ -55,9 +56,24 @@ pub(crate) struct Engine {
     part_size: AtomicU64,
     /// Controller, delivery accounting and monitor, updated on every data request.
     control: std::sync::Mutex<Control>,
+    /// `--bwlimit`: the pacer and its rate (bytes/s).
+    pacer: Option<(std::sync::Mutex<RateLimiter>, f64)>,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
+    observers: std::sync::RwLock<Vec<(u64, Arc<dyn SampleObserver>)>>,
 }
+
+/// Sees every finished request attempt of a client, with the object key it was for (empty
+/// for requests that name no object). Called on the request's task: keep it cheap.
+pub trait SampleObserver: Send + Sync {
+    /// One attempt ended; `sample` is exactly what the client's own controller consumed.
+    fn on_sample(&self, key: &str, sample: &Sample);
+}
+
+/// Handle of a registered [`SampleObserver`], for [`OptimizedS3Client::remove_sample_observer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObserverId(u64);
 
 /// The control loop's state.
 struct Control {
@@ -178,6 +194,7 @@ impl OptimizedS3Client {
             monitor: Monitor::new(now),
             rtt: RttEstimator::default(),
         };
+        let pacer = cfg.bandwidth_limit.map(|r| (std::sync::Mutex::new(RateLimiter::new(now)), r as f64));
         let engine = Engine {
             s3,
             control: std::sync::Mutex::new(control),
@@ -188,7 +205,9 @@ impl OptimizedS3Client {
             metrics,
             endpoint,
             cfg,
+            pacer,
             cleanup: std::sync::Mutex::new(Vec::new()),
+            observers: std::sync::RwLock::new(Vec::new()),
         };
         Self { engine: Arc::new(engine) }
     }
@@ -248,6 +267,19 @@ impl OptimizedS3Client {
         for h in handles {
             let _ = h.await;
         }
+    }
+
+    /// Registers `observer` to see every request's sample from now on.
+    pub fn add_sample_observer(&self, observer: Arc<dyn SampleObserver>) -> ObserverId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Relaxed);
+        self.engine.observers.write().expect("observers lock").push((id, observer));
+        ObserverId(id)
+    }
+
+    /// Stops calling the observer registered under `id`.
+    pub fn remove_sample_observer(&self, id: ObserverId) {
+        self.engine.observers.write().expect("observers lock").retain(|(i, _)| *i != id.0);
     }
 
     /// Live counters.
@@ -414,7 +446,20 @@ impl Engine {
     }
 
     pub(crate) fn clamp_part_size(&self, n: u64) -> u64 {
-        n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).max(MIN_PART_SIZE))
+        // Under a bandwidth cap, about one second's worth per request keeps pacing smooth.
+        let paced = self.pacer.as_ref().map_or(MAX_PART_SIZE, |(_, rate)| *rate as u64);
+        n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).min(paced).max(MIN_PART_SIZE))
+    }
+
+    /// With a bandwidth cap, waits until this request's share of the link begins.
+    async fn pace(&self, bytes: u64) {
+        let Some((limiter, rate)) = &self.pacer else { return };
+        let now = Instant::now();
+        let end = limiter.lock().expect("pacer lock").reserve(now, bytes as usize, rate / 1e6);
+        let start = end.checked_sub(Duration::from_secs_f64(bytes as f64 / rate)).unwrap_or(now);
+        if start > now {
+            tokio::time::sleep_until(start.into()).await;
+        }
     }
 
     /// Runs one request with retries. Data requests (`bytes > 0` or GET/PUT ops) take a
@@ -424,15 +469,31 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        self.run_steering(op, bytes, true, attempt_fn).await
+        self.run_keyed("", op, bytes, attempt_fn).await
     }
 
-    /// [`Engine::run`], choosing whether the request's samples steer the controllers. An
-    /// app-limited request (a reader's read-ahead: the reader, not the network, decides how
-    /// many are in flight) takes window slots but must not steer, or the controllers would
-    /// learn the reader's pace as the network's rate (BBR leaves app-limited samples out of
-    /// its bandwidth estimate for the same reason).
-    pub(crate) async fn run_steering<T, F, Fut>(&self, op: Op, bytes: u64, steers: bool, mut attempt_fn: F) -> Result<T>
+    /// [`Engine::run`] for a request on object `key`: sample observers see the key.
+    pub(crate) async fn run_keyed<T, F, Fut>(&self, key: &str, op: Op, bytes: u64, attempt_fn: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        self.run_steering(key, op, bytes, true, attempt_fn).await
+    }
+
+    /// [`Engine::run_keyed`], choosing whether the request's samples steer the controllers.
+    /// An app-limited request (a reader's read-ahead: the reader, not the network, decides
+    /// how many are in flight) takes window slots but must not steer, or the controllers
+    /// would learn the reader's pace as the network's rate (BBR leaves app-limited samples
+    /// out of its bandwidth estimate for the same reason).
+    pub(crate) async fn run_steering<T, F, Fut>(
+        &self,
+        key: &str,
+        op: Op,
+        bytes: u64,
+        steers: bool,
+        mut attempt_fn: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -441,6 +502,9 @@ impl Engine {
         let mut attempt: u32 = 0;
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
+            if windowed && bytes > 0 {
+                self.pace(bytes).await;
+            }
             self.metrics.request_started();
             let (delivered_at_start, delivered_time_at_start) = {
                 let c = self.control.lock().expect("control lock");
@@ -491,6 +555,9 @@ impl Engine {
                 c.rtt.on_sample(sample.finished, sample.bytes, sample.latency(), sample.retransmit);
             }
             self.metrics.record(&sample);
+            for (_, o) in self.observers.read().expect("observers lock").iter() {
+                o.on_sample(key, &sample);
+            }
             let failure = match result {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
@@ -665,7 +732,7 @@ impl Engine {
     }
 
     pub(crate) async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
-        self.run(Op::AbortMultipart, 0, move || async move {
+        self.run_keyed(key, Op::AbortMultipart, 0, move || async move {
             self.s3
                 .abort_multipart_upload()
                 .bucket(bucket)

@@ -39,6 +39,10 @@ pub struct ClientConfig {
     pub part_size: u64,
     /// Most bytes of object data held in memory by all transfers together. Default 256 MiB.
     pub memory_budget: u64,
+    /// Cap on payload bytes per second, all transfers together (requests are paced so that
+    /// any 10 s window stays within a few percent of it; parts shrink to about one
+    /// second's worth so pacing stays smooth). `None` (default): no cap.
+    pub bandwidth_limit: Option<u64>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Longest wait for a TCP connection. Default 5 s.
@@ -61,6 +65,7 @@ impl Default for ClientConfig {
             max_concurrency: 128,
             part_size: 8 * 1024 * 1024,
             memory_budget: 256 * 1024 * 1024,
+            bandwidth_limit: None,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
@@ -77,6 +82,9 @@ impl ClientConfig {
         }
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
             return Err(Config(format!("part size {} is outside S3's limits (5 MiB to 5 GiB)", self.part_size)));
+        }
+        if self.bandwidth_limit == Some(0) {
+            return Err(Config("bandwidth limit must be above 0 bytes/s".into()));
         }
         if self.memory_budget < 2 * self.part_size {
             return Err(Config(format!(

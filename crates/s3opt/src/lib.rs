@@ -28,6 +28,7 @@
 pub mod adaptive;
 pub mod client;
 pub mod config;
+pub mod coordination;
 pub mod error;
 pub mod integrity;
 pub mod network;
@@ -35,7 +36,7 @@ pub mod performance;
 
 pub use adaptive::controller::{ControllerKind, ControllerState};
 pub use adaptive::monitor::TimelinePoint;
-pub use client::{ListEntry, Listing, MultipartUploadInfo, ObjectInfo, OptimizedS3Client};
+pub use client::{ListEntry, Listing, MultipartUploadInfo, ObjectInfo, ObserverId, OptimizedS3Client, SampleObserver};
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use performance::block_cache::CacheStats;

@@ -128,3 +128,22 @@ async fn wrong_credentials_and_unreachable_endpoints_fail_fast_and_clearly() {
     assert!(err.to_string().contains(&url), "{err}");
     assert!(started.elapsed().as_secs() < 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_limit_paces_uploads_and_downloads() {
+    // 4 MiB/s: 15 MiB in 5 MiB parts cannot start its third part before 2.5 s, nor finish a
+    // download of it in less time either. (Only lower bounds: a slow machine is slower.)
+    let env = common::start_with(|c| c.bandwidth_limit = Some(4 * MIB)).await;
+    let src = data(15 * MIB as usize, 3);
+    let t = std::time::Instant::now();
+    env.client.put_object(BUCKET, "paced.bin", &src[..], PutOptions::default()).await.unwrap();
+    let up = t.elapsed().as_secs_f64();
+    assert!(up >= 2.4, "15 MiB at 4 MiB/s took only {up:.2} s");
+    let t = std::time::Instant::now();
+    let mut out = Vec::new();
+    env.client.get_object(BUCKET, "paced.bin", &mut out).await.unwrap();
+    let down = t.elapsed().as_secs_f64();
+    assert!(out == src);
+    assert!(down >= 2.4, "15 MiB at 4 MiB/s took only {down:.2} s");
+    assert!(env.client.part_size() <= 5 * MIB, "parts shrink to about a second's worth");
+}

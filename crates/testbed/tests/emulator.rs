@@ -200,3 +200,34 @@ async fn the_schedule_changes_the_bottleneck_mid_run() {
     let n = get_range(&env.via, "obj", 0, 2_500_000).await.unwrap();
     assert_within(n as f64 / t.elapsed().as_secs_f64() / 1e6, 5.0, 0.10, "after the change");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prefix_answers_every_object_request_with_the_configured_error() {
+    let env = start("[faults]\nfail_prefixes = [\"bkt/down/\"]\nfail_status = 503").await;
+    for i in 0..5 {
+        let err = env
+            .via
+            .put_object()
+            .bucket("bkt")
+            .key(format!("down/{i}"))
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .expect_err("the prefix is down");
+        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(503));
+    }
+    env.via.put_object().bucket("bkt").key("up/1").body(b"y".to_vec().into()).send().await.unwrap();
+    env.via.put_object().bucket("bkt").key("downstairs/1").body(b"z".to_vec().into()).send().await.unwrap();
+    let listed = env.direct.list_objects_v2().bucket("bkt").send().await.unwrap();
+    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["downstairs/1", "up/1"], "nothing reached the server under the failed prefix");
+    let r = env.emu.report();
+    assert_eq!(r.totals.errors_injected, 5);
+    assert_eq!(r.totals.status_503, 5);
+    let _ = &env.server;
+}
+
+#[test]
+fn fail_status_must_be_500_or_503() {
+    assert!(Scenario::parse("name='x'\n[faults]\nfail_status = 404").unwrap_err().contains("500 or 503"));
+}

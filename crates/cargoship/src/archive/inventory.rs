@@ -181,7 +181,7 @@ impl Inventory {
         self.digest = String::new();
         let body = serde_json::to_vec(self).expect("inventory serializes");
         self.digest = blake3::hash(&body).to_hex().to_string();
-        serde_json::to_vec_pretty(self).expect("inventory serializes")
+        serde_json::to_vec(self).expect("inventory serializes")
     }
 
     /// Parses and validates an inventory: format, version, digest, safe paths, and
@@ -301,7 +301,7 @@ mod tests {
     fn edited_or_escaping_inventories_are_rejected() {
         let mut inv = sample();
         let json = String::from_utf8(inv.to_json()).unwrap();
-        let edited = json.replace("\"size\": 120", "\"size\": 121");
+        let edited = json.replace("\"size\":120", "\"size\":121");
         let err = Inventory::from_json(edited.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("modified"), "{err}");
 

@@ -252,6 +252,8 @@ mod tests {
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.join("d/big.bin"), &big).unwrap();
         std::os::unix::fs::symlink("small.txt", root.join("d/link")).unwrap();
+        let long = format!("d/{}", "n".repeat(150));
+        std::fs::write(root.join(&long), b"a name longer than tar's 100 bytes").unwrap();
         let items = walk(root).unwrap().items;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
         let progress = PackProgress::default();
@@ -276,8 +278,8 @@ mod tests {
         for entry in tar::Archive::new(&stream[..]).entries().unwrap() {
             names.push(entry.unwrap().path().unwrap().display().to_string());
         }
-        assert_eq!(names, ["d/", "d/big.bin", "d/link", "d/small.txt"]);
-        assert_eq!(progress.files.load(Relaxed), 2);
+        assert_eq!(names, ["d/", "d/big.bin", "d/link", long.as_str(), "d/small.txt"]);
+        assert_eq!(progress.files.load(Relaxed), 3);
     }
 
     #[test]

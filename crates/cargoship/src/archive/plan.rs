@@ -9,6 +9,17 @@ pub fn tar_size(item: &Item) -> u64 {
     headers * 512 + item.size.div_ceil(512) * 512
 }
 
+/// Smallest suitcase worth splitting a tree for.
+pub const MIN_SPLIT: u64 = 64 << 20;
+
+/// The cap actually used: the user's cap, lowered so that a tree of a few hundred MiB still
+/// makes about `2 x parallel` suitcases (never below [`MIN_SPLIT`]). Several suitcases keep
+/// `parallel` packers busy and hide each multipart completion behind the next upload.
+pub fn effective_cap(items: &[Item], cap: u64, parallel: usize) -> u64 {
+    let total: u64 = items.iter().map(tar_size).sum();
+    cap.min((total / (2 * parallel.max(1) as u64)).max(MIN_SPLIT))
+}
+
 /// Splits `items` into suitcases of at most `cap` tar bytes each.
 pub fn plan(items: Vec<Item>, cap: u64) -> Vec<Vec<Item>> {
     let mut out: Vec<Vec<Item>> = Vec::new();
@@ -45,5 +56,15 @@ mod tests {
         let names: Vec<Vec<&str>> = plan.iter().map(|s| s.iter().map(|i| i.path.as_str()).collect()).collect();
         assert_eq!(names, [vec!["a", "b"], vec!["c"], vec!["d"]]);
         assert_eq!(super::plan(vec![], 10).len(), 1, "an empty tree still makes one (empty) suitcase");
+    }
+
+    #[test]
+    fn a_mid_sized_tree_is_split_for_parallel_suitcases_but_not_into_slivers() {
+        let gib = 1 << 30;
+        let tree: Vec<Item> = (0..64).map(|i| file(&format!("f{i}"), 10 << 20)).collect();
+        assert_eq!(effective_cap(&tree, gib, 2), 160 * (1 << 20) + 64 * 512 / 4);
+        let small: Vec<Item> = (0..4).map(|i| file(&format!("f{i}"), 10 << 20)).collect();
+        assert_eq!(effective_cap(&small, gib, 2), MIN_SPLIT);
+        assert_eq!(effective_cap(&tree, 100 << 20, 2), 100 << 20, "the user's cap wins when lower");
     }
 }

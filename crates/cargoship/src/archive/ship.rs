@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use s3opt::coordination::{CoordinationConfig, LeaseOutcome, PipelineCoordinator};
 use s3opt::{OptimizedS3Client, PutOptions, ResumePoint};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -45,7 +46,20 @@ pub struct ShipOptions {
     pub state_dir: PathBuf,
     /// Suitcases packed and uploaded at once.
     pub parallel: usize,
+    /// Key prefixes to spread suitcases over through the cross-prefix coordinator;
+    /// 0 = automatic (8 when there are at least 8 suitcases, else none).
+    pub prefixes: usize,
+    /// The coordinator's scheduling strategy.
+    pub strategy: s3opt::coordination::Strategy,
 }
+
+/// Memory one packing suitcase holds outside the client's buffer pool, in frames: the one
+/// being filled, one queued, one per compression worker (in and out), two compressed ones
+/// queued for the upload and the one it is reading.
+pub const PIPELINE_FRAMES: u64 = 12;
+
+/// Prefix spreading used when `prefixes` is automatic.
+const AUTO_PREFIXES: usize = 8;
 
 /// Live counters for a progress display.
 #[derive(Debug, Default)]
@@ -74,6 +88,11 @@ pub struct ShipReport {
     /// Parts of unfinished suitcases an interrupted run had sent (not sent again).
     pub resumed_parts: u32,
     pub resumed_bytes: u64,
+    /// Key prefixes the suitcases were spread over (empty: not spread).
+    pub prefixes: Vec<String>,
+    /// The coordinator's measurements, when suitcases were spread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<s3opt::coordination::CoordinationMetrics>,
 }
 
 fn destination(o: &ShipOptions) -> String {
@@ -87,8 +106,45 @@ fn source_of(o: &ShipOptions) -> Result<(PathBuf, String)> {
     Ok((source, text))
 }
 
+fn suitcase_name(o: &ShipOptions, index: usize) -> String {
+    format!("s-{index:06}.{}", o.codec.extension())
+}
+
 fn suitcase_key(o: &ShipOptions, index: usize) -> String {
-    format!("suitcases/s-{index:06}.{}", o.codec.extension())
+    format!("suitcases/{}", suitcase_name(o, index))
+}
+
+/// `full` (an object key) relative to the archive prefix.
+fn relative_key(prefix: &str, full: &str) -> String {
+    let p = prefix.trim_end_matches('/');
+    if p.is_empty() { full.to_owned() } else { full.strip_prefix(&format!("{p}/")).unwrap_or(full).to_owned() }
+}
+
+/// The coordinator that spreads `suitcases` over key prefixes, if spreading applies:
+/// `suitcases/00/` .. `suitcases/e0/` (hex, evenly over the first byte) under the archive.
+fn coordinator_for(client: &OptimizedS3Client, o: &ShipOptions, suitcases: usize) -> Option<PipelineCoordinator> {
+    let n = match o.prefixes {
+        0 if suitcases >= AUTO_PREFIXES => AUTO_PREFIXES,
+        0 => return None,
+        n => n.min(256),
+    };
+    if n < 2 {
+        return None;
+    }
+    let cfg = CoordinationConfig { strategy: o.strategy, ..CoordinationConfig::default() };
+    let coordinator = match PipelineCoordinator::new(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the coordinator; suitcases go under one prefix");
+            return None;
+        }
+    };
+    for i in 0..n {
+        coordinator.register_prefix(&join_key(&o.prefix, &format!("suitcases/{:02x}/", i * 256 / n)), 0.0);
+    }
+    coordinator.attach(client);
+    coordinator.start(None).ok()?;
+    Some(coordinator)
 }
 
 /// Ships `o.source` to `s3://o.bucket/o.prefix`.
@@ -135,7 +191,8 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                 }
                 return Err(ArchiveError::Exists(dest));
             }
-            let plan = plan::plan(walked.items, o.suitcase_size);
+            let cap = plan::effective_cap(&walked.items, o.suitcase_size, o.parallel);
+            let plan = plan::plan(walked.items, cap);
             Journal::create(&dir, settings, plan, walked.skipped)?
         }
     };
@@ -151,12 +208,21 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     }
 
     let n = journal.plan.len();
+    let coordinator = coordinator_for(client, o, n);
+    let coord = coordinator.as_ref();
+    // `parallel` suitcases are packed at once; a suitcase whose data is all handed to the
+    // uploader frees its packing slot, so the next one starts while its last parts and
+    // its completion are still under way (the link never idles between suitcases).
+    let packers = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
     let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> = futures::stream::iter(0..n)
         .map(|i| {
             let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
-            async move { ship_suitcase(client, o, &source, &journal, i, progress).await.map(|(r, x)| (i, r, x)) }
+            let packers = packers.clone();
+            async move {
+                ship_suitcase(client, o, &source, &journal, i, progress, &packers, coord).await.map(|(r, x)| (i, r, x))
+            }
         })
-        .buffer_unordered(o.parallel.max(1))
+        .buffer_unordered(2 * o.parallel.max(1))
         .collect()
         .await;
     if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
@@ -213,7 +279,17 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     client.put_object(&o.bucket, &inv_key, &json[..], inv_opts).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
     journal.remove()?;
-    Ok(report_of(&inv, dest, inv_key, false, resumed))
+    let mut report = report_of(&inv, dest, inv_key, false, resumed);
+    if let Some(c) = coordinator {
+        report.coordination = Some(c.metrics());
+        c.stop().await;
+    }
+    let mut prefixes: Vec<String> =
+        inv.suitcases.iter().filter_map(|s| s.key.rsplit_once('/').map(|(p, _)| format!("{p}/"))).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    report.prefixes = prefixes;
+    Ok(report)
 }
 
 fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date: bool, r: Resumed) -> ShipReport {
@@ -232,6 +308,8 @@ fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date
         resumed_suitcases: r.suitcases,
         resumed_parts: r.parts,
         resumed_bytes: r.bytes,
+        prefixes: Vec::new(),
+        coordination: None,
     }
 }
 
@@ -253,6 +331,7 @@ struct Resumed {
     bytes: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn ship_suitcase(
     client: &OptimizedS3Client,
     o: &ShipOptions,
@@ -260,25 +339,55 @@ async fn ship_suitcase(
     journal: &Arc<Journal>,
     index: usize,
     progress: Arc<ShipProgress>,
+    packers: &tokio::sync::Semaphore,
+    coordinator: Option<&PipelineCoordinator>,
 ) -> Result<(SuitcaseRecord, Resumed)> {
     let state = &journal.state[index];
     if let Some(done) = &state.done {
         return Ok((done.clone(), Resumed { suitcases: 1, ..Default::default() }));
     }
-    let key = state.key.clone().unwrap_or_else(|| suitcase_key(o, index));
+    // A resumed upload keeps its key; a new one asks the coordinator for a prefix.
+    let mut lease = None;
+    let key = match (&state.key, coordinator) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => {
+            let estimate = journal.plan[index].iter().map(|i| i.size).sum();
+            match c.acquire(estimate).await {
+                Ok(l) => {
+                    let full = l.key(&suitcase_name(o, index));
+                    lease = Some(l);
+                    relative_key(&o.prefix, &full)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "coordinator unavailable; suitcase goes under the plain prefix");
+                    suitcase_key(o, index)
+                }
+            }
+        }
+        (None, None) => suitcase_key(o, index),
+    };
     let resume = state.upload_id.clone().map(|upload_id| ResumePoint { upload_id, parts: state.parts.clone() });
-    let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone()).await;
+    let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone(), packers).await;
     let (record, put) = match first {
         Err(ArchiveError::S3(e)) if state.upload_id.is_some() && restartable(&e) => {
             tracing::warn!(suitcase = index, error = %e, "cannot continue the interrupted upload; sending this suitcase again");
             let old = state.upload_id.as_deref().unwrap_or_default();
             let _ = client.abort_multipart_upload(&o.bucket, &join_key(&o.prefix, &key), old).await;
             journal.restart(index as u32);
-            upload_suitcase(client, o, source, journal, index, &key, None, progress).await?
+            upload_suitcase(client, o, source, journal, index, &key, None, progress, packers).await?
         }
-        other => other?,
+        Err(e) => {
+            if let Some(l) = lease {
+                l.finish(LeaseOutcome::Failed);
+            }
+            return Err(e);
+        }
+        Ok(done) => done,
     };
     journal.suitcase_done(index as u32, &record);
+    if let Some(l) = lease {
+        l.finish(LeaseOutcome::Uploaded { bytes: record.suitcase.size });
+    }
     Ok((record, Resumed { suitcases: 0, parts: put.resumed_parts, bytes: put.resumed_bytes }))
 }
 
@@ -298,15 +407,21 @@ async fn upload_suitcase(
     key: &str,
     resume: Option<ResumePoint>,
     progress: Arc<ShipProgress>,
+    packers: &tokio::sync::Semaphore,
 ) -> Result<(SuitcaseRecord, s3opt::PutResult)> {
+    let packing = packers.acquire().await.expect("the semaphore is never closed");
     let items = journal.plan[index].clone();
     let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
-    let (body_tx, mut body_rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (body_tx, mut body_rx) = mpsc::channel::<io::Result<Bytes>>(2);
     let (root, frame_size, strict) = (source.to_owned(), o.frame_size as usize, o.strict);
     let packer = tokio::task::spawn_blocking(move || pack(&root, &items, frame_size, strict, &progress.pack, raw_tx));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
-    let compress = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx);
+    let compress = async move {
+        let r = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx).await;
+        drop(packing);
+        r
+    };
     let reader = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));
     let mut opts = o.put.clone();
     opts.content_length = None;

@@ -120,7 +120,8 @@ pub fn survey(root: &Path, suitcase_size: u64, part_size: u64, prices: &Prices) 
     }
     largest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     largest.truncate(10);
-    let plan = plan::plan(w.items, suitcase_size);
+    let cap = plan::effective_cap(&w.items, suitcase_size, 2);
+    let plan = plan::plan(w.items, cap);
     let ship_requests: u64 = plan
         .iter()
         .map(|s| {

@@ -55,6 +55,8 @@ pub struct Bbr {
     max_window: f64,
     bw: VecDeque<(u64, Instant, f64)>,
     min_rtt: Option<(Instant, f64)>,
+    /// Size of the request the minimum latency was seen on.
+    min_rtt_bytes: u64,
     round: u64,
     round_start: Option<Instant>,
     full_bw: f64,
@@ -79,6 +81,7 @@ impl Bbr {
             max_window,
             bw: VecDeque::new(),
             min_rtt: None,
+            min_rtt_bytes: 0,
             round: 0,
             round_start: None,
             full_bw: 0.0,
@@ -168,16 +171,25 @@ impl Bbr {
         }
         let validity = MIN_RTT_WINDOW.max(round_len * 4);
         let stale = self.min_rtt.is_some_and(|(t, _)| now.duration_since(t) > validity);
-        if !s.retransmit && self.min_rtt.is_none_or(|(_, v)| latency <= v) {
+        // The latency that matters is that of a typical request: a small one (a HEAD-sized
+        // GET, the tail of a range) finishes sooner and would make the window far too
+        // small for the typical size. Only requests of at least half the typical size set
+        // the minimum, and a minimum seen on a request now atypically small is replaced.
+        let typical = s.bytes as f64 >= 0.5 * self.request_bytes;
+        let outdated = (self.min_rtt_bytes as f64) < 0.5 * self.request_bytes;
+        if !s.retransmit && typical && (outdated || self.min_rtt.is_none_or(|(_, v)| latency <= v)) {
             self.min_rtt = Some((now, latency));
+            self.min_rtt_bytes = s.bytes;
         }
         let mut probe_done = false;
         if let Some((began, best)) = &mut self.probe_rtt
             && s.started >= *began
             && !s.retransmit
+            && typical
         {
             *best = Some(best.map_or(latency, |b: f64| b.min(latency)));
             self.min_rtt = Some((now, best.expect("just set")));
+            self.min_rtt_bytes = s.bytes;
             probe_done = true;
         }
         // A request started after Startup's first round that took 1.5x the minimum waited
@@ -244,5 +256,43 @@ impl Bbr {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Op;
+
+    fn sample(t0: Instant, start_ms: u64, latency_ms: u64, bytes: u64) -> Sample {
+        let started = t0 + Duration::from_millis(start_ms);
+        Sample {
+            op: Op::GetObject,
+            bytes,
+            started,
+            finished: started + Duration::from_millis(latency_ms),
+            outcome: Outcome::Ok,
+            retransmit: false,
+            delivered_at_start: 0,
+            delivered_time_at_start: started,
+            delivered_at_end: bytes,
+        }
+    }
+
+    #[test]
+    fn the_minimum_latency_is_that_of_typical_requests_not_of_a_small_one() {
+        let t0 = Instant::now();
+        let mut bbr = Bbr::new(4.0, 64.0);
+        // A small request first (an index, a HEAD-sized GET): fast.
+        bbr.on_sample(&sample(t0, 0, 70, 4_000));
+        assert_eq!(bbr.min_rtt(), Some(Duration::from_millis(70)));
+        // Then 1 MiB requests taking 560 ms each: they define the latency of the workload.
+        for i in 0..30 {
+            bbr.on_sample(&sample(t0, 100 + i * 10, 560, 1 << 20));
+        }
+        assert_eq!(bbr.min_rtt(), Some(Duration::from_millis(560)));
+        // A small request now does not pull the minimum down again.
+        bbr.on_sample(&sample(t0, 500, 65, 4_000));
+        assert_eq!(bbr.min_rtt(), Some(Duration::from_millis(560)));
     }
 }

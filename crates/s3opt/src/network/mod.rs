@@ -7,6 +7,7 @@ pub mod bbr;
 pub mod bdp;
 pub mod cubic;
 pub mod loss;
+pub mod pacing;
 pub mod rtt;
 #[cfg(test)]
 pub(crate) mod sim;

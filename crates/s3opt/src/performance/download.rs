@@ -55,7 +55,7 @@ async fn fetch_steering(
 ) -> Result<BytesMut> {
     let slot = &std::sync::Mutex::new(Some(buf));
     engine
-        .run_steering(Op::GetObject, len, steers, move || async move {
+        .run_steering(key, Op::GetObject, len, steers, move || async move {
             let mut buf = slot.lock().expect("slot").take().unwrap_or_default();
             let result = async {
                 let out = engine

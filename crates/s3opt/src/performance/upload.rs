@@ -189,7 +189,7 @@ where
 
 async fn create_multipart(engine: &Engine, bucket: &str, key: &str, o: &PutOptions) -> Result<String> {
     let created = engine
-        .run(Op::CreateMultipart, 0, move || async move {
+        .run_keyed(key, Op::CreateMultipart, 0, move || async move {
             engine
                 .s3
                 .create_multipart_upload()
@@ -219,7 +219,7 @@ async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, o
     let (_, crc_b64) = crc64nvme_b64(&bytes);
     let (body, crc) = (&bytes, &crc_b64);
     let out = engine
-        .run(Op::PutObject, bytes.len() as u64, move || async move {
+        .run_keyed(key, Op::PutObject, bytes.len() as u64, move || async move {
             engine
                 .s3
                 .put_object()
@@ -396,7 +396,7 @@ async fn send_part(
     let (crc, crc_b64) = crc64nvme_b64(&bytes);
     let (e, body, crc_ref) = (&*engine, &bytes, &crc_b64);
     let out = e
-        .run(Op::UploadPart, len, move || async move {
+        .run_keyed(key, Op::UploadPart, len, move || async move {
             e.s3.upload_part()
                 .bucket(bucket)
                 .key(key)
@@ -446,7 +446,7 @@ async fn complete(
         .collect();
     let (completed, full) = (&completed, &full_b64);
     let out = engine
-        .run(Op::CompleteMultipart, 0, move || async move {
+        .run_keyed(key, Op::CompleteMultipart, 0, move || async move {
             engine
                 .s3
                 .complete_multipart_upload()

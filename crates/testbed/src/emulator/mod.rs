@@ -4,7 +4,6 @@
 
 pub mod proxy;
 pub mod scenario;
-pub mod shaper;
 pub mod stats;
 
 pub use proxy::Emulator;

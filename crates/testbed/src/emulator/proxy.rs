@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::scenario::{Params, Scenario};
-use super::shaper::RateLimiter;
 use super::stats::{Event, Report, Stats};
+use s3opt::network::pacing::RateLimiter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -145,6 +145,17 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
     };
     tokio::time::sleep(half_rtt + jitter).await;
 
+    let object = path.trim_start_matches('/');
+    if object.contains('/') && p.faults.fail_prefixes.iter().any(|f| !f.is_empty() && object.starts_with(f.as_str())) {
+        tokio::time::sleep(half_rtt).await;
+        shared.stats.record(Event::Error);
+        shared.stats.record(Event::Status(p.faults.fail_status));
+        return Ok(if p.faults.fail_status == 503 {
+            s3_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "prefix failed by the emulator")
+        } else {
+            s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "prefix failed by the emulator")
+        });
+    }
     let rate = p.throttle.requests_per_sec_per_prefix;
     if rate > 0.0
         && let Some(prefix) = prefix_of(&path, p.throttle.prefix_depth)

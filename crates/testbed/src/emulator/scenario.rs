@@ -72,6 +72,17 @@ pub struct Faults {
     /// Also reset the first N requests after (re)start, deterministically (tests).
     #[serde(default)]
     pub reset_first: u64,
+    /// Key prefixes (`bucket/key-prefix`, matched against the start of `bucket/key`) whose
+    /// object requests all fail outright with `fail_status`: a prefix that is down.
+    #[serde(default)]
+    pub fail_prefixes: Vec<String>,
+    /// Status for `fail_prefixes`: 500 (InternalError) or 503 (ServiceUnavailable). Default 500.
+    #[serde(default = "default_fail_status")]
+    pub fail_status: u16,
+}
+
+fn default_fail_status() -> u16 {
+    500
 }
 
 fn default_stall_secs() -> f64 {
@@ -88,6 +99,8 @@ impl Default for Faults {
             corrupt_rate: 0.0,
             corrupt_first: 0,
             reset_first: 0,
+            fail_prefixes: Vec::new(),
+            fail_status: default_fail_status(),
         }
     }
 }
@@ -154,6 +167,9 @@ impl Scenario {
         let rates = [p.faults.reset_rate, p.faults.stall_rate, p.faults.error_rate, p.faults.corrupt_rate];
         if rates.iter().any(|r| !(0.0..=1.0).contains(r)) {
             return Err("fault rates are fractions between 0 and 1".into());
+        }
+        if !matches!(p.faults.fail_status, 500 | 503) {
+            return Err("fail_status must be 500 or 503".into());
         }
         if s.schedule.windows(2).any(|w| w[0].at_secs > w[1].at_secs) {
             return Err("schedule entries must be in time order".into());
@@ -235,7 +251,7 @@ large_object_mib = 1024
                 names.push(Scenario::load(&e.path()).unwrap().name);
             }
         }
-        for required in ["lan", "wan", "lossy", "throttled", "shifting"] {
+        for required in ["lan", "wan", "lossy", "throttled", "shifting", "prefix-failure"] {
             assert!(names.iter().any(|n| n == required), "scenario {required} missing from {names:?}");
         }
     }

@@ -1,13 +1,14 @@
-//! Bandwidth shaping by virtual scheduling: each chunk reserves the link from the moment
-//! the previous chunk finished (or now, if idle) for `bytes / rate`, and may pass once its
-//! reservation ends. Pure: time is passed in.
+//! Pacing by virtual scheduling: each chunk reserves the link from the moment the previous
+//! chunk finished (or now, if idle) for `bytes / rate`, and may pass once its reservation
+//! ends. Pure: time is passed in. The client's `--bwlimit` paces requests with it; the
+//! testbed's emulator shapes its links with it.
 
 use std::time::{Duration, Instant};
 
 /// Idle time banked at most, so timer granularity (about 1 ms) does not cost throughput.
 const SLACK: Duration = Duration::from_millis(10);
 
-/// One direction of one link (a connection, or the shared bottleneck).
+/// One direction of one link (a connection, the shared bottleneck, a client's cap).
 #[derive(Debug)]
 pub struct RateLimiter {
     next_free: Instant,
