@@ -17,7 +17,7 @@ use cli::{Cli, Command};
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,fuser=error",
         1 => "info,s3opt=info,cargoship=info",
         _ => "debug,aws_smithy_runtime=info,aws_config=info,hyper_util=info",
     };
