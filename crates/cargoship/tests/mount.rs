@@ -13,24 +13,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use s3opt::{ClientConfig, OptimizedS3Client, PutOptions};
+use testbed::data::noise as data;
 use testbed::{EmbeddedServer, ServerConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cargoship");
 const MIB: usize = 1024 * 1024;
 const STEP: Duration = Duration::from_secs(60);
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn skip() -> bool {
     if std::env::var_os("CARGOSHIP_SKIP_FUSE_TESTS").is_some() {

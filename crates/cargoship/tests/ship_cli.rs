@@ -7,6 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use s3opt::{ClientConfig, OptimizedS3Client};
+use testbed::data::noise;
 use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cargoship");
@@ -79,20 +80,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Incompressible bytes (zstd cannot shrink them, so sizes stay predictable).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn trees_equal(a: &Path, b: &Path) {
     let (wa, wb) = (cargoship::archive::walk::walk(a).unwrap(), cargoship::archive::walk::walk(b).unwrap());
     assert_eq!(wa.items, wb.items);
@@ -126,7 +113,7 @@ async fn a_killed_ship_resumes_without_resending_acknowledged_parts() {
     let src = env.dir.path().join("src");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     for i in 0..3u64 {
-        std::fs::write(src.join(format!("sub/big-{i}.bin")), noise(i, 12 * MIB + 1000)).unwrap();
+        std::fs::write(src.join(format!("sub/big-{i}.bin")), noise(12 * MIB + 1000, i)).unwrap();
     }
     std::fs::write(src.join("small.txt"), b"small").unwrap();
     let args = [
@@ -187,7 +174,7 @@ async fn an_interrupted_ship_can_be_discarded_leaving_nothing_behind() {
     let (env, _emu) = Env::start(Some("[link]\nrtt_ms = 2.0\nbottleneck_up_mbps = 8.0\n")).await;
     let src = env.dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.bin"), noise(1, 30 * MIB)).unwrap();
+    std::fs::write(src.join("a.bin"), noise(30 * MIB, 1)).unwrap();
     let ship = ["--concurrency", "2", "--part-size", "5MiB", "ship", src.to_str().unwrap(), "s3://bucket/gone"];
     ship_and_kill(&env, &ship, |e| e.contains("\"event\":\"part\"")).await;
     let client = env.client().await;

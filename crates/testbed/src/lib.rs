@@ -6,11 +6,13 @@
 //! - [`server`]: that backend served over HTTP with SigV4 auth, either in-process on an
 //!   ephemeral port (integration tests, the CLI's embedded default) or as `cargoship serve`.
 //!
+//! - [`data`]: deterministic incompressible bytes for tests.
 //! - [`emulator`]: an HTTP proxy that imposes a WAN scenario (delay, bandwidth, 503s,
 //!   resets, stalls) between any client and any S3 endpoint.
 //!
 //! The `s3opt` library never depends on this crate; only its tests and the CLI do.
 
+pub mod data;
 pub mod emulator;
 pub mod server;
 pub mod store;
