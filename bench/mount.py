@@ -3,7 +3,7 @@
 
 Usage:
     bench/mount.py [--scenario wan] [--size-mib 1024] [--random-reads 1000] [--tools cargoship,s3fs,rclone]
-                   [--seq-limit-s 240]
+                   [--seq-limit-s 240] [--merge]
 
 What it does:
   1. installs what is missing (apt-get: fuse3 for fusermount3, s3fs, rclone) and builds
@@ -20,7 +20,8 @@ What it does:
        - a sequential read of the whole object in 1 MiB reads, hashed and compared with the
          source, as a fraction of the scenario's bottleneck (stopped after --seq-limit-s;
          the rate over what was read is then reported, marked partial);
-  4. writes bench/results/mount-<scenario>.md and .json.
+  4. writes bench/results/mount-<scenario>.md and .json (with --merge, the tools not run this
+     time keep their rows from the previous .json).
 
 The kernel's page cache is dropped between steps where the machine allows it.
 """
@@ -54,7 +55,7 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "cargoship-secret",
     "AWS_REGION": "us-east-1",
 }
-TOOLS = ["cargoship", "cargoship-direct-io", "s3fs", "rclone"]
+TOOLS = ["cargoship", "cargoship-page-cache", "s3fs", "rclone"]
 APT = {"fusermount3": "fuse3", "s3fs": "s3fs", "rclone": "rclone"}
 
 
@@ -146,8 +147,8 @@ def unmount(path):
 def mount_cmd(tool, emu_url, mnt):
     if tool.startswith("cargoship"):
         extra = os.environ.get("CARGOSHIP_MOUNT_ARGS", "").split()
-        direct = ["--direct-io"] if tool == "cargoship-direct-io" else []
-        return [str(CARGOSHIP), "--endpoint-url", emu_url, *extra, "mount", *direct, f"s3://{BUCKET}/{PREFIX}",
+        cache = ["--page-cache"] if tool == "cargoship-page-cache" else []
+        return [str(CARGOSHIP), "--endpoint-url", emu_url, *extra, "mount", *cache, f"s3://{BUCKET}/{PREFIX}",
                 str(mnt)]
     if tool == "s3fs":
         pw = DATA / "s3fs-passwd"
@@ -176,7 +177,7 @@ def tool_env(emu_url):
 
 
 def version(tool):
-    cmd = {"cargoship": [str(CARGOSHIP), "--version"], "cargoship-direct-io": [str(CARGOSHIP), "--version"], "s3fs": ["s3fs", "--version"], "rclone": ["rclone", "version"]}
+    cmd = {"cargoship": [str(CARGOSHIP), "--version"], "cargoship-page-cache": [str(CARGOSHIP), "--version"], "s3fs": ["s3fs", "--version"], "rclone": ["rclone", "version"]}
     out = subprocess.run(cmd[tool], capture_output=True, text=True)
     return (out.stdout or out.stderr).strip().splitlines()[0]
 
@@ -274,7 +275,8 @@ def bench_tool(tool, emu_url, size, source, want_hash, scenario, args):
         if st.st_size != size:
             raise RuntimeError(f"{tool} shows {st.st_size} bytes, want {size}")
         rng = random.Random(7)
-        out = {"tool": tool, "version": version(tool), "command": " ".join(cmd)}
+        out = {"tool": tool, "version": version(tool), "command": " ".join(cmd),
+               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         log(f"[{tool}] time to first byte")
         out["ttfb"] = ttfb(emu_url, path, size, rng)
         log(f"[{tool}] {args.random_reads} random 4 KiB reads")
@@ -292,7 +294,7 @@ def bench_tool(tool, emu_url, size, source, want_hash, scenario, args):
 def report(results, scenario, args, caches_dropped):
     link = scenario["link"]
     lines = [f"# Mount bench: scenario `{scenario['name']}`", "",
-             f"{scenario.get('description', '')}; one run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+             f"{scenario.get('description', '')}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (each tool's run time under Commands).",
              f"Object: {args.size_mib} MiB of random data; requests and bytes counted by the emulator; page cache "
              f"{'dropped' if caches_dropped else 'NOT dropped (no permission)'} before each step.", "",
              "| tool | TTFB 128 KiB, median ms (min-max) | requests per TTFB read | open, median ms | 1,000 random 4 KiB: s | requests | "
@@ -317,7 +319,8 @@ def report(results, scenario, args, caches_dropped):
             f"{seq_cell} | {seq['of_bottleneck']:.0%} | {verified} |")
     lines += ["", f"RTT {link.get('rtt_ms')} ms, bottleneck {link.get('bottleneck_down_mbps')} MB/s down, "
                   f"{link.get('per_connection_mbps')} MB/s per connection.", "", "Commands:", ""]
-    lines += [f"- {r['tool']} ({r.get('version', '?')}): `{r.get('command', '')}`" for r in results]
+    lines += [f"- {r['tool']} ({r.get('version', '?')}, measured {r.get('when', 'in an earlier run')}): "
+              f"`{r.get('command', '')}`" for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -328,6 +331,7 @@ def main():
     p.add_argument("--random-reads", type=int, default=1000)
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--seq-limit-s", type=float, default=240)
+    p.add_argument("--merge", action="store_true", help="keep the previous results of tools not run this time")
     args = p.parse_args()
     ensure_packages()
     ensure_cargoship()
@@ -370,6 +374,12 @@ def main():
             stop(proc)
         shutil.rmtree(store, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / f"mount-{args.scenario}.json"
+    if args.merge and previous.exists():
+        ran = {r["tool"] for r in results}
+        kept = [r for r in json.loads(previous.read_text()) if r.get("tool") not in ran]
+        results = results + kept
+        results.sort(key=lambda r: TOOLS.index(r["tool"]) if r.get("tool") in TOOLS else len(TOOLS))
     (RESULTS / f"mount-{args.scenario}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = report(results, scenario, args, caches_dropped)
     (RESULTS / f"mount-{args.scenario}.md").write_text(md)

@@ -230,13 +230,13 @@ async fn a_mounted_prefix_reads_like_the_source_and_is_read_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_direct_io_mount_reads_like_the_source() {
+async fn a_page_cache_mount_reads_like_the_source() {
     if skip() {
         return;
     }
     let env = start().await;
     let mnt = env.dir.path().join("mnt");
-    let _m = mount_with(&env.server, env.dir.path(), &["--direct-io", "s3://bucket/data"], &mnt).await;
+    let _m = mount_with(&env.server, env.dir.path(), &["--page-cache", "s3://bucket/data"], &mnt).await;
     let local = env.dir.path().join("big.local");
     std::fs::write(&local, &env.big).unwrap();
     let cmp = sh("cmp", &[mnt.join("big.bin").as_os_str(), local.as_os_str()]).await;
@@ -247,7 +247,7 @@ async fn a_direct_io_mount_reads_like_the_source() {
         for off in [0usize, 1, 4095, 5 * MIB + 7, big.len() - 10] {
             let mut buf = vec![0u8; 4096];
             let n = f.read_at(&mut buf, off as u64).unwrap();
-            assert_eq!(n, 4096.min(big.len() - off), "direct I/O returns exactly what is there");
+            assert_eq!(n, 4096.min(big.len() - off), "a read returns exactly what is there");
             assert!(buf[..n] == big[off..off + n], "mismatch at {off}");
         }
     })

@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
+use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::{Bytes, BytesMut};
@@ -27,13 +29,13 @@ use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
-use crate::network::pacing::RateLimiter;
 use crate::network::rtt::RttEstimator;
 use crate::network::{Op, Sample};
 use crate::performance::block_cache::{BLOCK_SIZE, BlockCache, CacheStats};
 use crate::performance::buffer::BufferPool;
 use crate::performance::download::{self, GetResult};
 use crate::performance::metrics::{Metrics, MetricsSnapshot};
+use crate::performance::paced::{PacedBody, Pacer};
 use crate::performance::reader::ObjectReader;
 use crate::performance::upload::{self, PutOptions, PutResult};
 
@@ -54,10 +56,12 @@ pub(crate) struct Engine {
     /// Blocks read through [`ObjectReader`]s, shared by all of them.
     pub(crate) block_cache: BlockCache,
     part_size: AtomicU64,
+    /// Length of a download's ranged GETs (see [`Engine::range_size`]).
+    range_size: AtomicU64,
     /// Controller, delivery accounting and monitor, updated on every data request.
     control: std::sync::Mutex<Control>,
-    /// `--bwlimit`: the pacer and its rate (bytes/s).
-    pacer: Option<(std::sync::Mutex<RateLimiter>, f64)>,
+    /// `--bwlimit`: the client's share of the link.
+    pacer: Option<Arc<Pacer>>,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
@@ -186,15 +190,16 @@ impl OptimizedS3Client {
         metrics.set_concurrency(initial);
         metrics.set_part_size(cfg.part_size);
         let now = Instant::now();
+        let adaptive = !matches!(cfg.controller, ControllerKind::Fixed(_));
         let control = Control {
-            adaptive_parts: !matches!(cfg.controller, ControllerKind::Fixed(_)),
+            adaptive_parts: adaptive,
             controller,
             delivered: 0,
             delivered_time: now,
             monitor: Monitor::new(now),
             rtt: RttEstimator::default(),
         };
-        let pacer = cfg.bandwidth_limit.map(|r| (std::sync::Mutex::new(RateLimiter::new(now)), r as f64));
+        let pacer = cfg.bandwidth_limit.map(|r| Arc::new(Pacer::new(r as f64)));
         let engine = Engine {
             s3,
             control: std::sync::Mutex::new(control),
@@ -202,6 +207,7 @@ impl OptimizedS3Client {
             pool: BufferPool::new(cfg.memory_budget),
             block_cache: BlockCache::new(cfg.memory_budget / 2, BLOCK_SIZE),
             part_size: AtomicU64::new(cfg.part_size),
+            range_size: AtomicU64::new(if adaptive { FIRST_RANGE.min(cfg.part_size) } else { cfg.part_size }),
             metrics,
             endpoint,
             cfg,
@@ -228,6 +234,7 @@ impl OptimizedS3Client {
         let mut c = self.engine.control.lock().expect("control lock");
         c.controller = ControllerKind::Fixed(n.max(1)).build(n, n);
         c.adaptive_parts = false;
+        self.engine.range_size.store(self.engine.part_size(), Relaxed);
         self.engine.window.set_limit(n);
         self.engine.metrics.set_concurrency(n.max(1));
     }
@@ -252,6 +259,7 @@ impl OptimizedS3Client {
     pub fn set_part_size(&self, n: u64) {
         let n = self.engine.clamp_part_size(n);
         self.engine.part_size.store(n, Relaxed);
+        self.engine.range_size.store(n, Relaxed);
         self.engine.metrics.set_part_size(n);
     }
 
@@ -445,20 +453,35 @@ impl Engine {
         self.part_size.load(Relaxed)
     }
 
+    /// Length of a download's ranged GETs: about [`RANGE_SECS`] of what one request moves
+    /// (so that on a path with a slow per-connection rate the controller hears back often
+    /// and the last ranges do not trail for many seconds), between 1 MiB and the part size.
+    /// Uploads cannot do this: S3 parts are at least 5 MiB.
+    pub(crate) fn range_size(&self) -> u64 {
+        self.range_size.load(Relaxed).min(self.part_size())
+    }
+
     pub(crate) fn clamp_part_size(&self, n: u64) -> u64 {
         // Under a bandwidth cap, about one second's worth per request keeps pacing smooth.
-        let paced = self.pacer.as_ref().map_or(MAX_PART_SIZE, |(_, rate)| *rate as u64);
+        let paced = self.pacer.as_ref().map_or(MAX_PART_SIZE, |p| p.rate() as u64);
         n.clamp(MIN_PART_SIZE, MAX_PART_SIZE.min(self.pool.budget() / 2).min(paced).max(MIN_PART_SIZE))
     }
 
-    /// With a bandwidth cap, waits until this request's share of the link begins.
+    /// With a bandwidth cap, waits until this download request's share of the link begins.
+    /// (Uploads are paced byte by byte instead: see [`Engine::upload_body`]. A download's
+    /// bytes cannot be: the socket buffers of many connections would let the sender run
+    /// far ahead of a paced reader.)
     async fn pace(&self, bytes: u64) {
-        let Some((limiter, rate)) = &self.pacer else { return };
-        let now = Instant::now();
-        let end = limiter.lock().expect("pacer lock").reserve(now, bytes as usize, rate / 1e6);
-        let start = end.checked_sub(Duration::from_secs_f64(bytes as f64 / rate)).unwrap_or(now);
-        if start > now {
-            tokio::time::sleep_until(start.into()).await;
+        let Some(pacer) = &self.pacer else { return };
+        tokio::time::sleep_until(pacer.slot(bytes).into()).await;
+    }
+
+    /// The body of an upload request: the bytes as they are, or, under a bandwidth cap,
+    /// released chunk by chunk at the cap's rate.
+    pub(crate) fn upload_body(&self, data: &Bytes) -> ByteStream {
+        match &self.pacer {
+            None => ByteStream::from(data.clone()),
+            Some(pacer) => ByteStream::new(SdkBody::from_body_1_x(PacedBody::new(data.clone(), pacer.clone()))),
         }
     }
 
@@ -502,7 +525,7 @@ impl Engine {
         let mut attempt: u32 = 0;
         loop {
             let permit = if windowed { Some(self.window.acquire().await) } else { None };
-            if windowed && bytes > 0 {
+            if op == Op::GetObject && bytes > 0 {
                 self.pace(bytes).await;
             }
             self.metrics.request_started();
@@ -617,6 +640,10 @@ impl Engine {
             let part = self.clamp_part_size(part_size_for(window, self.pool.budget(), self.cfg.part_size));
             self.part_size.store(part, Relaxed);
             self.metrics.set_part_size(part);
+            if let Some(rate) = c.rtt.request_rate() {
+                let range = ((rate * RANGE_SECS) as u64).clamp(download::MIN_RANGE, part.max(download::MIN_RANGE));
+                self.range_size.store(range, Relaxed);
+            }
         }
         let (in_flight, part) = (self.window.in_use() as u64, self.part_size());
         let Control { monitor, controller, .. } = &mut *c;
@@ -749,6 +776,10 @@ impl Engine {
 
 /// Hedged requests may be at most this fraction of data requests.
 const HEDGE_BUDGET: f64 = 0.05;
+/// Target duration of one ranged GET of a download (see [`Engine::range_size`]).
+const RANGE_SECS: f64 = 1.0;
+/// Ranged GETs of a download before any request has been measured.
+const FIRST_RANGE: u64 = 2 * 1024 * 1024;
 
 /// Runs a straggler and its duplicate; the first success wins (the other is cancelled),
 /// and a failure waits for the other.
@@ -765,15 +796,16 @@ where
     }
 }
 
-/// Reads a GET body into `buf` with an idle timeout on every chunk; a stall or a short
-/// body is a retryable failure.
+/// Appends a GET body to `buf` with an idle timeout on every chunk; a stall or a short
+/// body is a retryable failure, and what arrived before it stays in `buf` so the retry
+/// can ask for the rest only.
 pub(crate) async fn read_body(
     engine: &Engine,
     mut body: aws_sdk_s3::primitives::ByteStream,
     expected: Option<u64>,
     buf: &mut BytesMut,
 ) -> Result<(), Failure> {
-    buf.clear();
+    let had = buf.len();
     loop {
         match tokio::time::timeout(engine.cfg.idle_timeout, body.try_next()).await {
             Err(_) => {
@@ -802,8 +834,9 @@ pub(crate) async fn read_body(
             Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
         }
     }
+    let got = (buf.len() - had) as u64;
     if let Some(n) = expected
-        && buf.len() as u64 != n
+        && got != n
     {
         return Err(Failure::new(
             Outcome::Reset,
@@ -811,7 +844,7 @@ pub(crate) async fn read_body(
                 op: "GetObject",
                 status: 0,
                 code: "ShortBody".into(),
-                message: format!("expected {n} bytes, got {}", buf.len()),
+                message: format!("expected {n} bytes, got {got}"),
             },
         ));
     }

@@ -56,6 +56,34 @@ async fn resets_mid_body_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_off_mid_body_resumes_where_it_stopped() {
+    // Requests 1 and 2 (the two 8 MiB ranges; request 0 is the HEAD) are reset somewhere
+    // between 10% and 90% of their body. The retries ask only for what did not arrive;
+    // fetching the ranges again would cost at least 2 x 0.8 MiB more.
+    let (_d, server, emu, client) = via_emulator_with("[faults]\nreset_first = 3", |cfg| {
+        cfg.controller = s3opt::ControllerKind::Fixed(2);
+        cfg.part_size = 8 * MIB;
+    })
+    .await;
+    let src = data(16 * MIB as usize, 4);
+    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
+    direct.put_object(BUCKET, "cut.bin", &src[..], PutOptions::default()).await.unwrap();
+    let mut out = Vec::new();
+    let got = client.get_object(BUCKET, "cut.bin", &mut out).await.unwrap();
+    assert!(out == src, "resumed download differs from the source");
+    assert_eq!(got.verified_with, Some("CRC64NVME"));
+    let report = emu.report();
+    assert_eq!(report.totals.resets_injected, 2);
+    assert_eq!(client.metrics().retries, 2);
+    let sent = report.totals.bytes_down;
+    assert!(
+        sent >= src.len() as u64 && sent <= src.len() as u64 + MIB,
+        "the emulator sent {sent} bytes for a {} byte object: cut-off bytes were fetched again",
+        src.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowdown_is_counted_as_throttling_and_retried() {
     let (_d, _s, emu, client) = via_emulator("[throttle]\nrequests_per_sec_per_prefix = 20.0").await;
     let client = &client;

@@ -67,13 +67,13 @@ impl ObjectFs {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
-            direct_io: false,
+            direct_io: true,
         }
     }
 
-    /// Files are opened with FOPEN_DIRECT_IO: reads reach the reader exactly as the
-    /// application makes them (no kernel readahead or page cache; the block cache serves
-    /// re-reads), and mmap still works where the kernel allows it.
+    /// Files are opened with FOPEN_DIRECT_IO (the default): reads reach the reader exactly as
+    /// the application makes them (no kernel readahead or page cache; the block cache serves
+    /// re-reads), and mmap still works where the kernel allows it. Off: the page cache.
     pub fn with_direct_io(mut self, on: bool) -> Self {
         self.direct_io = on;
         self
@@ -157,8 +157,11 @@ impl Filesystem for ObjectFs {
         if let Err(max) = config.set_max_write(1 << 20) {
             let _ = config.set_max_write(max);
         }
-        if self.direct_io {
-            let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Direct I/O files can be mmap'ed only where the kernel allows it (6.6+); elsewhere
+        // the page cache is used so that mmap (and so executing files) keeps working.
+        if self.direct_io && config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_err() {
+            tracing::info!("this kernel cannot mmap direct-I/O files: reads go through the page cache");
+            self.direct_io = false;
         }
         Ok(())
     }
@@ -224,6 +227,7 @@ impl Filesystem for ObjectFs {
         };
         match handle {
             Handle::Object(reader) => {
+                tracing::debug!(offset, size, "fuse read");
                 self.rt.spawn(async move {
                     // The handle is locked only to start the read; the GETs run unlocked, so
                     // the kernel's concurrent reads of one file overlap.

@@ -4,7 +4,9 @@
 //! `RequestLimitExceeded`) is kept apart from other server errors because it is a congestion
 //! signal the controllers react to; timeouts and resets are loss-like signals. The
 //! [`RetryPolicy`] decides whether and when to try again (exponential backoff, full jitter).
+//! [`LossFilter`] tells random loss (an odd reset on a lossy path) from congestion.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// How a request attempt ended.
@@ -117,6 +119,50 @@ impl RetryPolicy {
     }
 }
 
+/// Tells congestion from random loss, as BBR tolerates a little loss: throttling is always
+/// congestion (the service says so); a timeout or reset is congestion only when such
+/// failures are frequent, more than `threshold` of the last `span` attempts. A path that
+/// drops one request in 200 at random then keeps its window, while a path that breaks
+/// because it is overloaded still sees its window cut.
+#[derive(Debug, Clone)]
+pub struct LossFilter {
+    recent: VecDeque<bool>,
+    failures: usize,
+    span: usize,
+    threshold: f64,
+}
+
+impl Default for LossFilter {
+    /// One loss in 50 attempts is tolerated; two are congestion.
+    fn default() -> Self {
+        Self::new(50, 0.02)
+    }
+}
+
+impl LossFilter {
+    /// Judges losses over the last `span` attempts against `threshold` (a fraction).
+    pub fn new(span: usize, threshold: f64) -> Self {
+        Self { recent: VecDeque::with_capacity(span), failures: 0, span: span.max(1), threshold }
+    }
+
+    /// Records one attempt's outcome; `true` when the controller should treat it as a
+    /// congestion signal. Fewer than `span` attempts so far count as `span` (an early
+    /// single reset is not a 100% loss rate).
+    pub fn on_outcome(&mut self, outcome: Outcome) -> bool {
+        let lossy = matches!(outcome, Outcome::Timeout | Outcome::Reset);
+        if self.recent.len() == self.span && self.recent.pop_front() == Some(true) {
+            self.failures -= 1;
+        }
+        self.recent.push_back(lossy);
+        self.failures += usize::from(lossy);
+        match outcome {
+            Outcome::Throttled => true,
+            _ if lossy => self.failures as f64 / self.span as f64 > self.threshold,
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +187,22 @@ mod tests {
         assert_eq!(p.backoff_ceiling(30), Duration::from_secs(10));
         assert_eq!(p.backoff(3, 0.0), Duration::ZERO);
         assert_eq!(p.backoff(3, 0.5), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn an_odd_reset_is_random_loss_but_frequent_ones_and_throttling_are_congestion() {
+        let mut f = LossFilter::default();
+        assert!(!f.on_outcome(Outcome::Reset), "the first reset of a transfer is not congestion");
+        for _ in 0..60 {
+            assert!(!f.on_outcome(Outcome::Ok));
+        }
+        assert!(!f.on_outcome(Outcome::Timeout), "one loss in 50 attempts is tolerated");
+        assert!(f.on_outcome(Outcome::Reset), "a second within 50 attempts is congestion");
+        assert!(f.on_outcome(Outcome::Throttled), "503 SlowDown always is");
+        for _ in 0..50 {
+            f.on_outcome(Outcome::Ok);
+        }
+        assert!(!f.on_outcome(Outcome::Reset), "old losses age out");
+        assert!(!f.on_outcome(Outcome::ServerError));
     }
 }

@@ -70,6 +70,19 @@ impl RttEstimator {
         self.mins.front().map(|&(_, v)| Duration::from_secs_f64(v))
     }
 
+    /// What one request moves per second: the median of `bytes / latency` over recent
+    /// requests of at least 256 KiB (smaller ones are mostly fixed cost). `None` until
+    /// three such requests were seen.
+    pub fn request_rate(&self) -> Option<f64> {
+        let mut rates: Vec<f64> =
+            self.fit.iter().filter(|&&(b, t)| b >= 256.0 * 1024.0 && t > 0.0).map(|&(b, t)| b / t).collect();
+        if rates.len() < 3 {
+            return None;
+        }
+        rates.sort_by(f64::total_cmp);
+        Some(rates[rates.len() / 2])
+    }
+
     /// Fit of `latency = fixed + bytes / rate` over recent requests: `(fixed seconds,
     /// bytes per second)`. `None` until requests of at least two sizes were seen.
     pub fn size_fit(&self) -> Option<(f64, f64)> {
@@ -135,5 +148,17 @@ mod tests {
         let (fixed, rate) = e.size_fit().unwrap();
         assert!((fixed - 0.06).abs() < 1e-3, "{fixed}");
         assert!((rate - 2e6).abs() / 2e6 < 1e-3, "{rate}");
+    }
+
+    #[test]
+    fn the_request_rate_is_the_median_over_large_requests() {
+        let t = Instant::now();
+        let mut e = RttEstimator::default();
+        e.on_sample(t, 4096, ms(50), false);
+        e.on_sample(t, 2_000_000, ms(1000), false);
+        e.on_sample(t, 2_000_000, ms(2000), false);
+        assert_eq!(e.request_rate(), None, "two large requests are not enough");
+        e.on_sample(t, 4_000_000, ms(1000), false);
+        assert_eq!(e.request_rate(), Some(2e6), "median of 1, 2 and 4 MB/s; the 4 KiB request left out");
     }
 }

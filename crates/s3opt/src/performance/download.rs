@@ -43,7 +43,18 @@ async fn fetch(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64, 
     fetch_steering(engine, bucket, key, offset, len, buf, true).await
 }
 
+/// What a failed attempt leaves for the next: the bytes that arrived and the ETag they
+/// came from.
+#[derive(Default)]
+struct Partial {
+    buf: BytesMut,
+    etag: Option<String>,
+}
+
 /// [`fetch`], choosing whether the GET steers the controllers (see [`Engine::run_steering`]).
+/// A body cut off mid-way (reset, stall) is resumed: the retry asks only for the bytes not
+/// yet received, pinned with `If-Match` to the ETag of the first part so that two versions
+/// of an object are never spliced (a changed object fails with 412 instead).
 async fn fetch_steering(
     engine: &Engine,
     bucket: &str,
@@ -53,20 +64,29 @@ async fn fetch_steering(
     buf: BytesMut,
     steers: bool,
 ) -> Result<BytesMut> {
-    let slot = &std::sync::Mutex::new(Some(buf));
+    let slot = &std::sync::Mutex::new(Some(Partial { buf, etag: None }));
     engine
         .run_steering(key, Op::GetObject, len, steers, move || async move {
-            let mut buf = slot.lock().expect("slot").take().unwrap_or_default();
+            // A hedge running beside an attempt finds the slot empty and starts afresh.
+            let Partial { mut buf, mut etag } = slot.lock().expect("slot").take().unwrap_or_default();
+            if etag.is_none() {
+                buf.clear();
+            }
+            let have = buf.len() as u64;
             let result = async {
                 let out = engine
                     .s3
                     .get_object()
                     .bucket(bucket)
                     .key(key)
-                    .range(range_header(offset, len))
+                    .range(range_header(offset + have, if len == 0 { 0 } else { len - have }))
+                    .set_if_match(etag.clone())
                     .send()
                     .await
                     .map_err(|e| engine.sdk_failure(e))?;
+                if etag.is_none() {
+                    etag = out.e_tag().map(str::to_owned);
+                }
                 let expected = out.content_length().map(|n| n.max(0) as u64);
                 buf.reserve(expected.unwrap_or(0) as usize);
                 read_body(engine, out.body, expected, &mut buf).await
@@ -75,7 +95,7 @@ async fn fetch_steering(
             match result {
                 Ok(()) => Ok(buf),
                 Err(failure) => {
-                    *slot.lock().expect("slot") = Some(buf);
+                    *slot.lock().expect("slot") = Some(Partial { buf, etag });
                     Err(failure)
                 }
             }
@@ -90,17 +110,18 @@ async fn fetch_pooled(engine: &Engine, bucket: &str, key: &str, offset: u64, len
     Ok(buf)
 }
 
-/// Ranges are never cut smaller than this to spread a small object over the window.
-const MIN_RANGE: u64 = 1024 * 1024;
+/// Ranges are never cut smaller than this (to spread a small object over the window, or to
+/// keep requests short on a slow path).
+pub(crate) const MIN_RANGE: u64 = 1024 * 1024;
 
-/// Splits `[start, end)` into consecutive ranges of the live part size, or smaller (down
+/// Splits `[start, end)` into consecutive ranges of the live range size, or smaller (down
 /// to 1 MiB) when what is left would not otherwise keep the whole window busy.
 fn ranges(engine: &Engine, start: u64, end: u64) -> impl futures::Stream<Item = (u64, u64)> + '_ {
     futures::stream::unfold(start, move |off| async move {
         (off < end).then(|| {
             let left = end - off;
             let spread = (left / engine.window.limit() as u64).max(MIN_RANGE);
-            let len = engine.part_size().min(spread).min(left);
+            let len = engine.range_size().min(spread).min(left);
             ((off, len), off + len)
         })
     })

@@ -6,5 +6,6 @@ pub mod block_cache;
 pub mod buffer;
 pub mod download;
 pub mod metrics;
+pub(crate) mod paced;
 pub mod reader;
 pub mod upload;

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
@@ -225,7 +224,7 @@ async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, o
                 .put_object()
                 .bucket(bucket)
                 .key(key)
-                .body(ByteStream::from(body.clone()))
+                .body(engine.upload_body(body))
                 .checksum_crc64_nvme(crc)
                 .set_content_type(opts.content_type.clone())
                 .set_metadata(Some(opts.metadata.clone()).filter(|m| !m.is_empty()))
@@ -402,7 +401,7 @@ async fn send_part(
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number as i32)
-                .body(ByteStream::from(body.clone()))
+                .body(e.upload_body(body))
                 .checksum_crc64_nvme(crc_ref)
                 .customize()
                 .disable_payload_signing()
