@@ -633,7 +633,14 @@ impl Engine {
         }
         sample.delivered_at_end = c.delivered;
         c.controller.on_sample(sample);
-        let window = c.controller.window();
+        let mut window = c.controller.window();
+        if let (Some(pacer), Some(latency)) = (&self.pacer, c.rtt.srtt()) {
+            // Under a bandwidth cap the pacer sets the rate: the window must never be what
+            // holds it back (a BBR drain or probe would otherwise dent the capped rate).
+            let request = self.range_size().max(1) as f64;
+            let need = (1.5 * pacer.rate() * latency.as_secs_f64() / request).ceil() as usize;
+            window = window.max(need.min(self.cfg.max_concurrency));
+        }
         self.window.set_limit(window);
         self.metrics.set_concurrency(window);
         if c.adaptive_parts {
