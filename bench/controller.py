@@ -7,7 +7,8 @@ Reports throughput over the whole transfer and over its first 10 s (from the emu
 per-second byte counts) as a fraction of the bottleneck, peak RSS, retries, hedges, 503s,
 and the controller's window range, and verifies the download byte for byte.
 
-Usage: bench/controller.py [SCENARIO ...]   (default: wan lossy shifting)
+Usage: bench/controller.py [SCENARIO[:MiB] ...]   (default: wan lossy shifting)
+`lossy:1024` runs lossy with a 1024 MiB object instead of its large_object_mib.
 Writes bench/results/controller.md (default scenarios) or controller-NAME-....md.
 """
 import hashlib, json, os, signal, socket, subprocess, sys, time, tomllib, urllib.request
@@ -46,9 +47,10 @@ def timed(cmd):
     return json.loads(out.stdout), rss
 
 
-def run_scenario(name):
+def run_scenario(arg):
+    name, _, mib = arg.partition(":")
     scen = tomllib.loads((ROOT / f"bench/scenarios/{name}.toml").read_text())
-    size = scen["bench"]["large_object_mib"] << 20
+    size = int(mib or scen["bench"]["large_object_mib"]) << 20
     bottleneck = scen["link"].get("bottleneck_up_mbps", 0) or None
     src = WORK / f"src-{size >> 20}.bin"
     if not src.exists():
@@ -82,7 +84,7 @@ def run_scenario(name):
                 s503=stats["status_503"], resets=stats["resets_injected"], stalls=stalls_of(stats),
                 wmin=min(windows), wmax=max(windows), wlast=windows[-1], part=summary["metrics"]["part_size"] >> 20,
                 verified=verified))
-            (ROOT / f"bench/results/controller-{name}-{direction}.json").write_text(json.dumps(summary["timeline"]))
+            (ROOT / f"bench/results/controller-{name}{'-' + mib if mib else ''}-{direction}.json").write_text(json.dumps(summary["timeline"]))
     finally:
         for p in (emulator, server):
             p.send_signal(signal.SIGTERM)
@@ -118,7 +120,7 @@ def main():
             f"{fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
             f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |")
     default = names == ["wan", "lossy", "shifting"]
-    out = ROOT / ("bench/results/controller.md" if default else f"bench/results/controller-{'-'.join(names)}.md")
+    out = ROOT / ("bench/results/controller.md" if default else f"bench/results/controller-{'-'.join(names).replace(':', '-')}.md")
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     if any(r["verified"] != "yes" for r in rows):
