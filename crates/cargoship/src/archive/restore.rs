@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::extract::{ExtractProgress, Target, extract_suitcase, set_meta};
-use super::inventory::{Entry, Kind};
+use super::inventory::{Entry, Inventory, Kind};
 use super::reader::ArchiveReader;
 use super::{ArchiveError, Result};
 
@@ -22,7 +22,8 @@ pub struct RestoreOptions {
     /// directory, `**` crosses them); empty = everything.
     pub patterns: Vec<String>,
     pub overwrite: bool,
-    /// Suitcases extracted at once.
+    /// Suitcases extracted at once (at least; more when they are small, see
+    /// [`suitcases_at_once`]).
     pub parallel: usize,
 }
 
@@ -117,7 +118,7 @@ pub async fn restore(
     let target = Target::Write(root.clone());
     let jobs =
         by_suitcase.into_iter().map(|(s, files)| extract_suitcase(reader, s, files, target.clone(), progress.clone()));
-    let mut running = futures::stream::iter(jobs).buffer_unordered(o.parallel.max(1));
+    let mut running = futures::stream::iter(jobs).buffer_unordered(suitcases_at_once(inv, o.parallel));
     while let Some(r) = running.next().await {
         r?;
     }
@@ -145,6 +146,14 @@ pub async fn restore(
         report.dirs += 1;
     }
     Ok(report)
+}
+
+/// Suitcases fetched side by side: `parallel`, or as many as make about 64 MiB in flight
+/// when they are small (a small tree's pieces, see `plan::effective_cap`), up to 32.
+fn suitcases_at_once(inv: &Inventory, parallel: usize) -> usize {
+    let n = inv.suitcases.len().max(1) as u64;
+    let average = (inv.totals.stored_bytes / n).max(1);
+    ((64u64 << 20) / average).clamp(parallel.max(1) as u64, 32) as usize
 }
 
 #[cfg(test)]

@@ -214,6 +214,12 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     // uploader frees its packing slot, so the next one starts while its last parts and
     // its completion are still under way (the link never idles between suitcases).
     let packers = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
+    // A small tree's pieces are single PUTs of a few MiB: they go up side by side.
+    let uploads_at_once = if plan::is_pieces(&journal.plan) {
+        (plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1))
+    } else {
+        2 * o.parallel.max(1)
+    };
     let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> = futures::stream::iter(0..n)
         .map(|i| {
             let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
@@ -222,7 +228,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                 ship_suitcase(client, o, &source, &journal, i, progress, &packers, coord).await.map(|(r, x)| (i, r, x))
             }
         })
-        .buffer_unordered(2 * o.parallel.max(1))
+        .buffer_unordered(uploads_at_once)
         .collect()
         .await;
     if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
