@@ -149,11 +149,11 @@ pub async fn restore(
 }
 
 /// Suitcases fetched side by side: `parallel`, or as many as make about 64 MiB in flight
-/// when they are small (a small tree's pieces, see `plan::effective_cap`), up to 32.
+/// when they are small (a small tree's pieces, see `plan::effective_cap`), up to 64.
 fn suitcases_at_once(inv: &Inventory, parallel: usize) -> usize {
     let n = inv.suitcases.len().max(1) as u64;
     let average = (inv.totals.stored_bytes / n).max(1);
-    ((64u64 << 20) / average).clamp(parallel.max(1) as u64, 32) as usize
+    ((64u64 << 20) / average).clamp(parallel.max(1) as u64, 64) as usize
 }
 
 #[cfg(test)]
