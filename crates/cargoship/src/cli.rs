@@ -70,7 +70,7 @@ pub struct GlobalOpts {
     #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub memory_budget: u64,
     /// Cap on transfer bandwidth in bytes per second, all requests together (e.g. 10MiB,
-    /// 500K; K/M/G are binary).
+    /// 500K; K/M/G are binary). Held within a few percent over any 10 s.
     #[arg(long, global = true, value_parser = parse_size, value_name = "RATE")]
     pub bwlimit: Option<u64>,
     /// Print a machine-readable JSON summary on stdout.

@@ -39,9 +39,10 @@ pub struct ClientConfig {
     pub part_size: u64,
     /// Most bytes of object data held in memory by all transfers together. Default 256 MiB.
     pub memory_budget: u64,
-    /// Cap on payload bytes per second, all transfers together (requests are paced so that
-    /// any 10 s window stays within a few percent of it; parts shrink to about one
-    /// second's worth so pacing stays smooth). `None` (default): no cap.
+    /// Cap on payload bytes per second, all transfers together: upload bodies leave in
+    /// 64 KiB chunks at the cap's rate, downloads start each ranged GET when its share of
+    /// the link begins, and parts shrink to about one second's worth (within 5% over 10 s
+    /// windows in `bench/bwlimit.py`). `None` (default): no cap.
     pub bandwidth_limit: Option<u64>,
     /// Retry policy.
     pub retry: RetryPolicy,
