@@ -637,7 +637,7 @@ impl Engine {
         if let (Some(pacer), Some(latency)) = (&self.pacer, c.rtt.srtt()) {
             // Under a bandwidth cap the pacer sets the rate: the window must never be what
             // holds it back (a BBR drain or probe would otherwise dent the capped rate).
-            let request = self.range_size().max(1) as f64;
+            let request = if sample.op == Op::GetObject { self.range_size() } else { self.part_size() }.max(1) as f64;
             let need = (1.5 * pacer.rate() * latency.as_secs_f64() / request).ceil() as usize;
             window = window.max(need.min(self.cfg.max_concurrency));
         }

@@ -149,16 +149,30 @@ pub async fn restore(
 }
 
 /// Suitcases fetched side by side: `parallel`, or as many as make about 64 MiB in flight
-/// when they are small (a small tree's pieces, see `plan::effective_cap`), up to 64.
+/// when they are small (a small tree's pieces, see `plan::effective_cap`), up to 64
+/// unless `parallel` asks for more.
 fn suitcases_at_once(inv: &Inventory, parallel: usize) -> usize {
-    let n = inv.suitcases.len().max(1) as u64;
-    let average = (inv.totals.stored_bytes / n).max(1);
-    ((64u64 << 20) / average).clamp(parallel.max(1) as u64, 64) as usize
+    at_once(inv.suitcases.len(), inv.totals.stored_bytes, parallel)
+}
+
+fn at_once(suitcases: usize, stored_bytes: u64, parallel: usize) -> usize {
+    let average = (stored_bytes / suitcases.max(1) as u64).max(1);
+    ((64u64 << 20) / average).min(64).max(parallel.max(1) as u64) as usize
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_suitcases_are_fetched_side_by_side_large_ones_parallel_at_a_time() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(at_once(4, 4 << 30, 2), 2, "1 GiB suitcases: --parallel");
+        assert_eq!(at_once(67, 67 * MIB, 2), 64, "1 MiB pieces: 64 MiB in flight");
+        assert_eq!(at_once(20, 80 * MIB, 2), 16);
+        assert_eq!(at_once(67, 67 * MIB, 100), 100, "a larger parallel wins");
+        assert_eq!(at_once(0, 0, 0), 64, "an empty archive does not divide by zero");
+    }
 
     fn entry(path: &str, kind: Kind) -> Entry {
         Entry {

@@ -610,18 +610,7 @@ mod tests {
     }
 
     fn sample(started: Instant, ms: u64, bytes: u64, outcome: Outcome) -> Sample {
-        let finished = started + Duration::from_millis(ms);
-        Sample {
-            op: Op::PutObject,
-            bytes,
-            started,
-            finished,
-            outcome,
-            retransmit: false,
-            delivered_at_start: 0,
-            delivered_time_at_start: started,
-            delivered_at_end: bytes,
-        }
+        Sample::alone(Op::PutObject, started, Duration::from_millis(ms), bytes, outcome)
     }
 
     #[test]

@@ -1026,17 +1026,8 @@ mod tests {
     }
 
     fn sample(started: Instant, outcome: Outcome) -> Sample {
-        Sample {
-            op: Op::PutObject,
-            bytes: 1000,
-            started,
-            finished: started + Duration::from_millis(20),
-            outcome,
-            retransmit: false,
-            delivered_at_start: 0,
-            delivered_time_at_start: started,
-            delivered_at_end: 0,
-        }
+        let s = Sample::alone(Op::PutObject, started, Duration::from_millis(20), 1000, outcome);
+        Sample { delivered_at_end: 0, ..s }
     }
 
     #[test]

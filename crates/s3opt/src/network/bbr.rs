@@ -266,17 +266,7 @@ mod tests {
 
     fn sample(t0: Instant, start_ms: u64, latency_ms: u64, bytes: u64) -> Sample {
         let started = t0 + Duration::from_millis(start_ms);
-        Sample {
-            op: Op::GetObject,
-            bytes,
-            started,
-            finished: started + Duration::from_millis(latency_ms),
-            outcome: Outcome::Ok,
-            retransmit: false,
-            delivered_at_start: 0,
-            delivered_time_at_start: started,
-            delivered_at_end: bytes,
-        }
+        Sample::alone(Op::GetObject, started, Duration::from_millis(latency_ms), bytes, Outcome::Ok)
     }
 
     #[test]

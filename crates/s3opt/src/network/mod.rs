@@ -50,6 +50,24 @@ impl Sample {
     }
 }
 
+#[cfg(test)]
+impl Sample {
+    /// A request alone on the link (only its own bytes delivered meanwhile), for tests.
+    pub(crate) fn alone(op: Op, started: Instant, latency: Duration, bytes: u64, outcome: Outcome) -> Self {
+        Self {
+            op,
+            bytes,
+            started,
+            finished: started + latency,
+            outcome,
+            retransmit: false,
+            delivered_at_start: 0,
+            delivered_time_at_start: started,
+            delivered_at_end: bytes,
+        }
+    }
+}
+
 /// Kind of S3 request, for metrics and for controllers that treat them differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

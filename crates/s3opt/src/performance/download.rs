@@ -73,6 +73,11 @@ async fn fetch_steering(
                 buf.clear();
             }
             let have = buf.len() as u64;
+            if len > 0 && have >= len {
+                // Everything arrived before the failure (a body without a length).
+                buf.truncate(len as usize);
+                return Ok(buf);
+            }
             let result = async {
                 let out = engine
                     .s3

@@ -238,18 +238,8 @@ mod tests {
     use super::*;
 
     fn sample(op: Op, bytes: u64, ms: u64, outcome: Outcome, retransmit: bool) -> Sample {
-        let started = Instant::now();
-        Sample {
-            op,
-            bytes,
-            started,
-            finished: started + Duration::from_millis(ms),
-            outcome,
-            retransmit,
-            delivered_at_start: 0,
-            delivered_time_at_start: started,
-            delivered_at_end: 0,
-        }
+        let s = Sample::alone(op, Instant::now(), Duration::from_millis(ms), bytes, outcome);
+        Sample { retransmit, delivered_at_end: 0, ..s }
     }
 
     #[test]
