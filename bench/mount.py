@@ -39,8 +39,8 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
+from benchlib import emu, file_hash, free_port
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -79,11 +79,6 @@ def ensure_cargoship():
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "cargoship"], cwd=REPO, check=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_listening(cmd, log_path, port):
     with open(log_path, "w") as f:
@@ -110,15 +105,9 @@ def stop(proc, sig=signal.SIGINT):
             proc.wait()
 
 
-def emulator(url, path, method="GET"):
-    req = urllib.request.Request(url + path, method=method)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        body = resp.read()
-    return json.loads(body) if body and method == "GET" else None
-
 
 def counters(url):
-    totals = emulator(url, "/__emulator/stats")
+    totals = emu(url, "/__emulator/stats")
     return {"requests": totals["requests"], "bytes_down": totals["bytes_down"]}
 
 
@@ -191,7 +180,7 @@ def ttfb(emu_url, path, size, rng, trials=5):
         t0 = time.monotonic()
         fd = os.open(path, os.O_RDONLY)
         open_ms = (time.monotonic() - t0) * 1e3
-        emulator(emu_url, "/__emulator/reset", "POST")
+        emu(emu_url, "/__emulator/reset", post=True)
         try:
             t1 = time.monotonic()
             data = os.pread(fd, 128 << 10, off)
@@ -207,7 +196,7 @@ def random_reads(emu_url, path, source, size, n, seed):
     rng = random.Random(seed)
     offsets = [rng.randrange(0, size - 4096) for _ in range(n)]
     drop_caches()
-    emulator(emu_url, "/__emulator/reset", "POST")
+    emu(emu_url, "/__emulator/reset", post=True)
     bad = 0
     fd, src = os.open(path, os.O_RDONLY), os.open(source, os.O_RDONLY)
     t0 = time.monotonic()
@@ -225,7 +214,7 @@ def random_reads(emu_url, path, source, size, n, seed):
 
 def sequential(emu_url, path, size, want_hash, bottleneck_mb_s, limit_s):
     drop_caches()
-    emulator(emu_url, "/__emulator/reset", "POST")
+    emu(emu_url, "/__emulator/reset", post=True)
     h = hashlib.blake2b()
     done = 0
     t0 = time.monotonic()
@@ -245,13 +234,6 @@ def sequential(emu_url, path, size, want_hash, bottleneck_mb_s, limit_s):
             "of_bottleneck": round(mb_s / bottleneck_mb_s, 3) if bottleneck_mb_s else None,
             "verified": (h.hexdigest() == want_hash) if complete else None, **counters(emu_url)}
 
-
-def file_hash(path):
-    h = hashlib.blake2b()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bench_tool(tool, emu_url, size, source, want_hash, scenario, args):
