@@ -79,7 +79,7 @@ fn client_config(g: &GlobalOpts) -> ClientConfig {
             (None, Some(n)) => ControllerKind::Fixed(n as usize),
             (None, None) => ControllerKind::Auto,
         },
-        concurrency: g.concurrency.unwrap_or(32) as usize,
+        concurrency: g.concurrency.map_or(ClientConfig::default().concurrency, |n| n as usize),
         part_size: g.part_size,
         memory_budget: g.memory_budget,
         bandwidth_limit: g.bwlimit,

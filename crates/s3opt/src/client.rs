@@ -183,8 +183,9 @@ impl OptimizedS3Client {
     /// Wraps an SDK client built elsewhere.
     pub fn from_sdk(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String) -> Self {
         let metrics = Metrics::new();
-        // More requests than the memory budget can hold parts for would only queue on the pool.
-        let max = cfg.max_concurrency.min((cfg.memory_budget / MIN_PART_SIZE).max(1) as usize);
+        // The buffer pool bounds memory: large parts queue on it, while small objects (a
+        // few hundred KiB each) may use the whole window.
+        let max = cfg.max_concurrency;
         let controller = cfg.controller.build(cfg.concurrency.min(max), max);
         let initial = controller.window();
         metrics.set_concurrency(initial);

@@ -12,26 +12,49 @@ pub fn tar_size(item: &Item) -> u64 {
 /// Smallest suitcase worth splitting a tree for.
 pub const MIN_SPLIT: u64 = 64 << 20;
 
-/// Pieces a small tree is cut into (about; see [`effective_cap`]).
+/// Pieces a small tree is cut into (about; see [`effective_cap`]): the client's starting
+/// window (`s3opt`'s default concurrency), so that all of them go up in the first round:
+/// on a slow path a round is a whole piece's time, and nothing is learned before it ends.
 pub const SMALL_TREE_PIECES: u64 = 64;
 /// Largest piece of a small tree: under S3's 5 MiB part minimum, so each piece is one PUT.
 pub const MAX_PIECE: u64 = 4 << 20;
-const MIN_PIECE: u64 = 1 << 20;
+const MIN_PIECE: u64 = 256 << 10;
 
 /// The cap actually used: the user's cap, lowered so that a tree of a few hundred MiB or
 /// more still makes about `2 x parallel` suitcases (never below [`MIN_SPLIT`]): several
 /// suitcases keep `parallel` packers busy and hide each multipart completion behind the
-/// next upload. A smaller tree is cut into about [`SMALL_TREE_PIECES`] pieces of 1 to
-/// 4 MiB instead: each goes up as a single PUT, side by side, as a file-by-file copy of
-/// many small files would (a 5 MiB part alone takes 2.6 s on a 2 MB/s connection; on
-/// wan a 63 MiB tree shipped in 5.2 s as one suitcase, 2.9 s as 32 pieces, 2.3 s as 64).
+/// next upload. A smaller tree is cut into about [`SMALL_TREE_PIECES`] pieces of 256 KiB
+/// to 4 MiB instead: each goes up as a single PUT, side by side, as a file-by-file copy of
+/// many small files would (a 5 MiB part alone takes 2.6 s on a 2 MB/s connection).
 pub fn effective_cap(items: &[Item], cap: u64, parallel: usize) -> u64 {
     let total: u64 = items.iter().map(tar_size).sum();
     let split = total / (2 * parallel.max(1) as u64);
     if split >= MIN_SPLIT {
         return cap.min(split);
     }
-    cap.min((total / SMALL_TREE_PIECES).clamp(MIN_PIECE, MAX_PIECE))
+    let mut piece = (total / SMALL_TREE_PIECES).clamp(MIN_PIECE, MAX_PIECE);
+    // Whole entries leave each piece a little short of the cap: grow it until the pieces
+    // fit in one round.
+    while piece < MAX_PIECE && count(items, piece) > SMALL_TREE_PIECES as usize {
+        piece = (piece + piece / 32).min(MAX_PIECE);
+    }
+    cap.min(piece)
+}
+
+/// How many suitcases [`plan`] makes of `items` with this cap.
+fn count(items: &[Item], cap: u64) -> usize {
+    cuts(items, cap).count() + 1
+}
+
+/// Where a new suitcase begins (indices into `items`, after the first).
+fn cuts(items: &[Item], cap: u64) -> impl Iterator<Item = usize> + '_ {
+    let mut size = 0;
+    items.iter().enumerate().filter_map(move |(i, item)| {
+        let s = tar_size(item);
+        let cut = size > 0 && size + s > cap;
+        size = if cut { s } else { size + s };
+        cut.then_some(i)
+    })
 }
 
 /// Whether a plan is a small tree's pieces (see [`effective_cap`]), which travel side by
@@ -41,22 +64,11 @@ pub fn is_pieces(plan: &[Vec<Item>]) -> bool {
 }
 
 /// Splits `items` into suitcases of at most `cap` tar bytes each.
-pub fn plan(items: Vec<Item>, cap: u64) -> Vec<Vec<Item>> {
-    let mut out: Vec<Vec<Item>> = Vec::new();
-    let mut cur: Vec<Item> = Vec::new();
-    let mut size = 0;
-    for item in items {
-        let s = tar_size(&item);
-        if !cur.is_empty() && size + s > cap {
-            out.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-        size += s;
-        cur.push(item);
-    }
-    if !cur.is_empty() || out.is_empty() {
-        out.push(cur);
-    }
+pub fn plan(mut items: Vec<Item>, cap: u64) -> Vec<Vec<Item>> {
+    let cuts: Vec<usize> = cuts(&items, cap).collect();
+    let mut out: Vec<Vec<Item>> = cuts.iter().rev().map(|&at| items.split_off(at)).collect();
+    out.push(items);
+    out.reverse();
     out
 }
 
@@ -84,7 +96,9 @@ mod tests {
         let tree: Vec<Item> = (0..64).map(|i| file(&format!("f{i}"), 10 << 20)).collect();
         assert_eq!(effective_cap(&tree, gib, 2), 160 * (1 << 20) + 64 * 512 / 4);
         let small: Vec<Item> = (0..4).map(|i| file(&format!("f{i}"), 10 << 20)).collect();
-        assert_eq!(effective_cap(&small, gib, 2), MIN_PIECE, "40 MiB: pieces of at least 1 MiB");
+        assert_eq!(effective_cap(&small, gib, 2), (40 * (1 << 20) + 4 * 512) / SMALL_TREE_PIECES, "40 MiB: 64 pieces' cap");
+        let tiny: Vec<Item> = (0..40).map(|i| file(&format!("f{i}"), 100 << 10)).collect();
+        assert_eq!(effective_cap(&tiny, gib, 2), MIN_PIECE, "4 MiB: pieces of at least 256 KiB");
         assert_eq!(effective_cap(&tree, 100 << 20, 2), 100 << 20, "the user's cap wins when lower");
     }
 
@@ -93,9 +107,9 @@ mod tests {
         let gib = 1 << 30;
         let tree: Vec<Item> = (0..1000).map(|i| file(&format!("f{i:04}"), 64 << 10)).collect();
         let cap = effective_cap(&tree, gib, 2);
-        assert_eq!(cap, MIN_PIECE, "63 MiB of tar: pieces of 1 MiB");
+        assert!((66_048_000 / 64..66_048_000 / 60).contains(&cap), "63 MiB of tar: pieces of about 1 MiB, not {cap}");
         let pieces = plan(tree, cap);
-        assert_eq!(pieces.len(), 67, "15 files of 64.5 KiB per piece");
+        assert_eq!(pieces.len(), 63, "16 files of 64.5 KiB per piece: one round of 64 requests, not 67 pieces");
         assert!(is_pieces(&pieces));
         let tiny: Vec<Item> = (0..10).map(|i| file(&format!("t{i}"), 1000)).collect();
         assert_eq!(plan(tiny.clone(), effective_cap(&tiny, gib, 2)).len(), 1, "a tiny tree stays one suitcase");

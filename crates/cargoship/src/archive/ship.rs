@@ -222,7 +222,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     let packers = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
     // A small tree's pieces are single PUTs of a few MiB: they go up side by side.
     let uploads_at_once =
-        if pieces { (plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1)) } else { 2 * o.parallel.max(1) };
+        if pieces { (2 * plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1)) } else { 2 * o.parallel.max(1) };
     let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> = futures::stream::iter(0..n)
         .map(|i| {
             let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());

@@ -117,6 +117,27 @@ impl PooledBuf {
         self.len() == 0
     }
 
+    /// Gives back the budget a buffer reserved but did not fill (an upload of unknown
+    /// length whose data ended well short of the part size): the data moves to an
+    /// allocation of its own size and the spare budget returns to the pool at once, so a
+    /// few hundred small objects in flight do not each hold a whole part's reservation.
+    /// The large allocation is freed rather than cached, so live plus cached bytes stay
+    /// within the budget.
+    pub fn shrink_to_fit(mut self) -> Self {
+        let Some(buf) = self.buf.take() else { return self };
+        let (need, held) = (units(buf.len() as u64).max(1), self.permit.as_ref().map_or(0, |p| p.num_permits() as u32));
+        if 2 * need > held {
+            self.buf = Some(buf);
+            return self;
+        }
+        self.buf = Some(BytesMut::from(&buf[..]));
+        drop(buf);
+        if let Some(permit) = &mut self.permit {
+            drop(permit.split((held - need) as usize));
+        }
+        self
+    }
+
     /// Turns the filled buffer into a cheaply clonable [`FrozenBuf`] (for retries).
     pub fn freeze(mut self) -> FrozenBuf {
         let bytes = self.buf.take().unwrap_or_default().freeze();
@@ -192,5 +213,23 @@ mod tests {
         let c = pool.acquire(2 << 20).await;
         assert_eq!(pool.cache.lock().unwrap().len(), 0, "cached buffers of another size were freed");
         drop(c);
+    }
+
+    #[tokio::test]
+    async fn a_short_buffer_gives_back_what_it_did_not_fill() {
+        let pool = BufferPool::new(8 << 20);
+        let mut a = pool.acquire(8 << 20).await;
+        a.buf_mut().extend_from_slice(&[7u8; 100_000]);
+        let a = a.shrink_to_fit();
+        assert_eq!(a.as_slice(), &[7u8; 100_000][..]);
+        assert_eq!(pool.in_use(), 100_000u64.div_ceil(UNIT) * UNIT, "only the filled bytes stay reserved");
+        // The rest of the budget is free again: a 7 MiB buffer does not wait.
+        let b = tokio::time::timeout(Duration::from_secs(1), pool.acquire(7 << 20)).await.expect("budget was returned");
+        drop((a.freeze(), b));
+        assert_eq!(pool.in_use(), 0);
+        let mut full = pool.acquire(1 << 20).await;
+        full.buf_mut().extend_from_slice(&[1u8; 900_000]);
+        let ptr = full.as_slice().as_ptr();
+        assert_eq!(full.shrink_to_fit().as_slice().as_ptr(), ptr, "a mostly full buffer is kept as is");
     }
 }

@@ -152,7 +152,7 @@ where
             let size = engine.next_part_size(1, 0, opts.content_length);
             let first = read_part(&mut reader, engine.pool.acquire(size).await, size).await?;
             if (first.len() as u64) < size {
-                return put_single(engine, bucket, key, first.freeze(), &opts).await;
+                return put_single(engine, bucket, key, first.shrink_to_fit().freeze(), &opts).await;
             }
             let upload_id = create_multipart(engine, bucket, key, &opts).await?;
             if let Some(journal) = &opts.journal {
