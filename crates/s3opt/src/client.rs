@@ -57,7 +57,7 @@ pub(crate) struct Engine {
     pub(crate) block_cache: BlockCache,
     part_size: AtomicU64,
     /// Length of a download's ranged GETs (see [`Engine::range_size`]).
-    range_size: AtomicU64,
+    pub(crate) range_size: AtomicU64,
     /// Controller, delivery accounting and monitor, updated on every data request.
     control: std::sync::Mutex<Control>,
     /// `--bwlimit`: the client's share of the link.

@@ -96,7 +96,11 @@ mod tests {
         let tree: Vec<Item> = (0..64).map(|i| file(&format!("f{i}"), 10 << 20)).collect();
         assert_eq!(effective_cap(&tree, gib, 2), 160 * (1 << 20) + 64 * 512 / 4);
         let small: Vec<Item> = (0..4).map(|i| file(&format!("f{i}"), 10 << 20)).collect();
-        assert_eq!(effective_cap(&small, gib, 2), (40 * (1 << 20) + 4 * 512) / SMALL_TREE_PIECES, "40 MiB: 64 pieces' cap");
+        assert_eq!(
+            effective_cap(&small, gib, 2),
+            (40 * (1 << 20) + 4 * 512) / SMALL_TREE_PIECES,
+            "40 MiB: 64 pieces' cap"
+        );
         let tiny: Vec<Item> = (0..40).map(|i| file(&format!("f{i}"), 100 << 10)).collect();
         assert_eq!(effective_cap(&tiny, gib, 2), MIN_PIECE, "4 MiB: pieces of at least 256 KiB");
         assert_eq!(effective_cap(&tree, 100 << 20, 2), 100 << 20, "the user's cap wins when lower");

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::network::Op;
 use crate::performance::buffer::PooledBuf;
 
-/// Ranged GETs queued ahead of the writer at most (memory is bounded by the pool anyway).
+/// Ranged GETs queued ahead of the writer at most (the window, up to this; memory is
+/// bounded by the pool anyway).
 const LOOKAHEAD: usize = 256;
 
 /// What a download did.
@@ -119,16 +120,53 @@ async fn fetch_pooled(engine: &Engine, bucket: &str, key: &str, offset: u64, len
 /// keep requests short on a slow path).
 pub(crate) const MIN_RANGE: u64 = 1024 * 1024;
 
-/// Splits `[start, end)` into consecutive ranges of the live range size, or smaller (down
-/// to 1 MiB) when what is left would not otherwise keep the whole window busy.
-fn ranges(engine: &Engine, start: u64, end: u64) -> impl futures::Stream<Item = (u64, u64)> + '_ {
-    futures::stream::unfold(start, move |off| async move {
-        (off < end).then(|| {
-            let left = end - off;
-            let spread = (left / engine.window.limit() as u64).max(MIN_RANGE);
-            let len = engine.range_size().min(spread).min(left);
-            ((off, len), off + len)
-        })
+/// Fetches `[start, end)` as consecutive ranges and yields them in order. A range's length
+/// (the live range size, or less, down to 1 MiB, when what is left would not otherwise
+/// keep the whole window busy) is decided only when it can start: no more ranges run than
+/// the window admits, and a new one is queued as soon as any finishes (not only the
+/// oldest). So a large object's ranges follow the controller's latest range size instead
+/// of all taking the first guess.
+fn in_order<'a, T: 'a, Fut>(
+    engine: &'a Engine,
+    start: u64,
+    end: u64,
+    fetch: impl Fn(u64, u64) -> Fut + 'a,
+) -> impl futures::Stream<Item = Result<T>> + 'a
+where
+    Fut: std::future::Future<Output = Result<T>> + 'a,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::task::Poll;
+    async fn counted<F: std::future::Future>(f: F, finished: Arc<AtomicUsize>) -> F::Output {
+        let out = f.await;
+        finished.fetch_add(1, Relaxed);
+        out
+    }
+    // Finished but not yet handed on (they wait behind an older range).
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut queue = futures::stream::FuturesOrdered::new();
+    let mut off = start;
+    futures::stream::poll_fn(move |cx| {
+        loop {
+            let ahead = engine.window.limit().clamp(1, LOOKAHEAD);
+            while off < end && queue.len() - finished.load(Relaxed) < ahead {
+                let left = end - off;
+                let spread = (left / engine.window.limit() as u64).max(MIN_RANGE);
+                let len = engine.range_size().min(spread).min(left);
+                queue.push_back(counted(fetch(off, len), finished.clone()));
+                off += len;
+            }
+            match queue.poll_next_unpin(cx) {
+                Poll::Ready(Some(out)) => {
+                    finished.fetch_sub(1, Relaxed);
+                    return Poll::Ready(Some(out));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                // A younger range finished while the oldest runs on: start the next one.
+                Poll::Pending if off < end && queue.len() - finished.load(Relaxed) < ahead => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     })
 }
 
@@ -138,9 +176,8 @@ where
 {
     let info = engine.head(bucket, key).await?;
     let mut hasher = info.checksum.as_ref().map(|c| c.hasher());
-    let mut fetches = std::pin::pin!(
-        ranges(engine, 0, info.size).map(|(off, len)| fetch_pooled(engine, bucket, key, off, len)).buffered(LOOKAHEAD)
-    );
+    let mut fetches =
+        std::pin::pin!(in_order(engine, 0, info.size, |off, len| fetch_pooled(engine, bucket, key, off, len)));
     let (mut written, mut count) = (0u64, 0u32);
     while let Some(buf) = fetches.next().await {
         let buf = buf?;
@@ -225,11 +262,8 @@ pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, off
     }
     let end = offset.saturating_add(len).min(size);
     let mut out = BytesMut::with_capacity((end - offset) as usize);
-    let mut fetches = std::pin::pin!(
-        ranges(engine, offset, end)
-            .map(|(off, len)| fetch(engine, bucket, key, off, len, BytesMut::new()))
-            .buffered(LOOKAHEAD)
-    );
+    let mut fetches =
+        std::pin::pin!(in_order(engine, offset, end, |off, len| fetch(engine, bucket, key, off, len, BytesMut::new())));
     while let Some(piece) = fetches.next().await {
         out.extend_from_slice(&piece.map_err(|e| e.with_object(bucket, key))?);
     }
@@ -255,5 +289,61 @@ async fn range_error(engine: &Engine, bucket: &str, key: &str, offset: u64, err:
         },
         Error::NoSuchKey { .. } => engine.missing_bucket_or_key(bucket, key).await,
         other => other.with_object(bucket, key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientConfig, ControllerKind, OptimizedS3Client};
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::sync::oneshot;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A client that never sends anything: enough for the engine's window and range size.
+    fn offline(window: usize) -> OptimizedS3Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .build();
+        let cfg = ClientConfig { controller: ControllerKind::Fixed(window), concurrency: window, ..Default::default() };
+        OptimizedS3Client::from_sdk(aws_sdk_s3::Client::from_conf(conf), cfg, "offline".into())
+    }
+
+    #[tokio::test]
+    async fn ranges_are_sized_when_they_start_and_any_finished_one_makes_room() {
+        let client = offline(2);
+        let engine = &client.engine;
+        engine.range_size.store(2 * MIB, Relaxed);
+        let started = Mutex::new(Vec::new());
+        let mut stream = std::pin::pin!(in_order(engine, 0, 40 * MIB, |off, len| {
+            let (tx, rx) = oneshot::channel::<()>();
+            started.lock().unwrap().push((off, len, Some(tx)));
+            async move {
+                rx.await.map_err(|_| Error::Config("dropped".into()))?;
+                Ok((off, len))
+            }
+        }));
+        let release = |i: usize| started.lock().unwrap()[i].2.take().unwrap().send(()).unwrap();
+        let lens = || started.lock().unwrap().iter().map(|s| (s.0 / MIB, s.1 / MIB)).collect::<Vec<_>>();
+
+        assert!(futures::poll!(stream.next()).is_pending());
+        assert_eq!(lens(), [(0, 2), (2, 2)], "a window of 2: two ranges of the first size");
+        // The controller measures the path and asks for longer ranges.
+        engine.range_size.store(8 * MIB, Relaxed);
+        // The younger range finishes first: the next one starts at once, at the new size,
+        // while the oldest is still running.
+        release(1);
+        assert!(futures::poll!(stream.next()).is_pending());
+        assert_eq!(lens(), [(0, 2), (2, 2), (4, 8)]);
+        release(0);
+        let first = futures::poll!(stream.next());
+        assert!(matches!(first, std::task::Poll::Ready(Some(Ok((0, n)))) if n == 2 * MIB), "in order: {first:?}");
+        let second = futures::poll!(stream.next());
+        assert!(matches!(second, std::task::Poll::Ready(Some(Ok((o, _)))) if o == 2 * MIB), "{second:?}");
+        assert!(futures::poll!(stream.next()).is_pending());
+        assert_eq!(lens(), [(0, 2), (2, 2), (4, 8), (12, 8)], "two handed on, one running: one more starts");
     }
 }
