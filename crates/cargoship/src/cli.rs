@@ -73,6 +73,11 @@ pub struct GlobalOpts {
     /// 500K; K/M/G are binary). Held within a few percent over any 10 s.
     #[arg(long, global = true, value_parser = parse_size, value_name = "RATE")]
     pub bwlimit: Option<u64>,
+    /// TCP congestion control for this client's connections (Linux), e.g. bbr, cubic, reno;
+    /// /proc/sys/net/ipv4/tcp_available_congestion_control lists what the kernel offers.
+    /// Default: the system's.
+    #[arg(long, global = true, value_name = "ALGORITHM")]
+    pub tcp_congestion: Option<String>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long, global = true)]
     pub json: bool,

@@ -83,6 +83,7 @@ fn client_config(g: &GlobalOpts) -> ClientConfig {
         part_size: g.part_size,
         memory_budget: g.memory_budget,
         bandwidth_limit: g.bwlimit,
+        tcp_congestion: g.tcp_congestion.clone(),
         ..ClientConfig::default()
     }
 }

@@ -153,6 +153,17 @@ impl OptimizedS3Client {
             .timeout_config(
                 TimeoutConfig::builder().connect_timeout(cfg.connect_timeout).read_timeout(cfg.idle_timeout).build(),
             );
+        if let Some(algorithm) = &cfg.tcp_congestion {
+            crate::connection::tcp::check(algorithm).map_err(Error::Config)?;
+            let http = crate::connection::tuned_http_client(
+                algorithm,
+                cfg.max_concurrency,
+                cfg.connect_timeout,
+                cfg.idle_timeout,
+            )
+            .map_err(Error::Config)?;
+            loader = loader.http_client(http);
+        }
         if let Some(profile) = &cfg.profile {
             loader = loader.profile_name(profile);
         }

@@ -46,6 +46,10 @@ pub struct ClientConfig {
     /// the link begins, and parts shrink to about one second's worth (within 5% over 10 s
     /// windows in `bench/bwlimit.py`). `None` (default): no cap.
     pub bandwidth_limit: Option<u64>,
+    /// TCP congestion control for the client's connections (Linux `TCP_CONGESTION`, e.g.
+    /// `bbr`, `cubic`, `reno`: `/proc/sys/net/ipv4/tcp_available_congestion_control` lists
+    /// them). `None` (default): the system's default, and the SDK's own HTTP client.
+    pub tcp_congestion: Option<String>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Longest wait for a TCP connection. Default 5 s.
@@ -69,6 +73,7 @@ impl Default for ClientConfig {
             part_size: 8 * 1024 * 1024,
             memory_budget: 256 * 1024 * 1024,
             bandwidth_limit: None,
+            tcp_congestion: None,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),

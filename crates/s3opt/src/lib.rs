@@ -28,6 +28,7 @@
 pub mod adaptive;
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod coordination;
 pub mod error;
 pub mod integrity;

@@ -46,7 +46,16 @@ async fn corrupted_parts_are_rejected_by_checksum_and_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_mid_body_are_retried() {
-    let (_d, _s, emu, client) = via_emulator("[faults]\nreset_first = 4").await;
+    resets_are_retried(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_are_retried_on_connections_with_a_chosen_congestion_control() {
+    resets_are_retried(|c| c.tcp_congestion = Some("reno".into())).await;
+}
+
+async fn resets_are_retried(tweak: impl FnOnce(&mut s3opt::ClientConfig)) {
+    let (_d, _s, emu, client) = via_emulator_with("[faults]\nreset_first = 4", tweak).await;
     roundtrip(&client, "r.bin", &data(30 * MIB as usize, 2)).await;
     let resets = emu.report().totals.resets_injected;
     let m = client.metrics();

@@ -147,3 +147,37 @@ async fn a_bandwidth_limit_paces_uploads_and_downloads() {
     assert!(down >= 2.4, "15 MiB at 4 MiB/s took only {down:.2} s");
     assert!(env.client.part_size() <= 5 * MIB, "parts shrink to about a second's worth");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_tcp_congestion_control_carries_transfers_and_keeps_errors_clear() {
+    // reno is in every Linux kernel; the client then runs on its own hyper connector.
+    let env = common::start_with(|c| c.tcp_congestion = Some("reno".into())).await;
+    let src = data(12 * MIB as usize + 7, 9);
+    let put = env.client.put_object(BUCKET, "cc.bin", &src[..], PutOptions::default()).await.unwrap();
+    assert!(put.multipart);
+    let mut out = Vec::new();
+    let got = env.client.get_object(BUCKET, "cc.bin", &mut out).await.unwrap();
+    assert!(out == src, "downloaded bytes differ from the source");
+    assert_eq!(got.verified_with, Some("CRC64NVME"));
+    let err = env.client.head(BUCKET, "missing").await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchKey { .. }), "{err:?}");
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let env = common::start_with(|c| {
+        c.endpoint_url = Some(url.clone());
+        c.tcp_congestion = Some("reno".into());
+    })
+    .await;
+    let err = env.client.head(BUCKET, "k").await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "a refused connection is unreachable: {err:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = testbed::EmbeddedServer::start(testbed::ServerConfig::ephemeral(dir.path())).await.unwrap();
+    let mut cfg = common::config(&server);
+    cfg.tcp_congestion = Some("warp-drive".into());
+    let Err(err) = s3opt::OptimizedS3Client::new(cfg).await else { panic!("an unknown algorithm was accepted") };
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("warp-drive"), "{err}");
+}

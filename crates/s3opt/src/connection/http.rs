@@ -1,0 +1,98 @@
+//! The SDK's HTTP client rebuilt on [`CongestionConnector`](super::tcp::CongestionConnector):
+//! hyper's pooled client (HTTP/1.1, TLS through rustls with the system's roots), the
+//! connect and first-byte timeouts of the client's configuration, and hyper's errors
+//! turned into the SDK's connector errors so retries classify them as before.
+
+use std::time::Duration;
+
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::retry::ErrorKind;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::tcp::CongestionConnector;
+
+/// How long an idle pooled connection is kept.
+const IDLE_POOLED: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Debug)]
+struct Tuned {
+    client: Client<HttpsConnector<CongestionConnector>, SdkBody>,
+    first_byte: Duration,
+}
+
+/// An HTTP client for the SDK whose sockets use TCP congestion control `algorithm`
+/// (checked beforehand with [`super::tcp::check`]), keeping up to `pool` idle connections
+/// per endpoint (the most requests the window may put in flight), connecting within
+/// `connect_timeout` and giving up on a response whose headers take longer than
+/// `first_byte`.
+pub fn tuned_http_client(
+    algorithm: &str,
+    pool: usize,
+    connect_timeout: Duration,
+    first_byte: Duration,
+) -> Result<SharedHttpClient, String> {
+    let mut tcp = TcpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+        .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(CongestionConnector::new(tcp, algorithm));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(pool)
+        .pool_idle_timeout(IDLE_POOLED)
+        .pool_timer(TokioTimer::new())
+        .build(https);
+    Ok(SharedHttpClient::new(Tuned { client, first_byte }))
+}
+
+impl HttpClient for Tuned {
+    fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
+        SharedHttpConnector::new(self.clone())
+    }
+}
+
+impl HttpConnector for Tuned {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let request = match request.try_into_http1x() {
+            Ok(r) => r,
+            Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
+        };
+        let (sending, limit) = (self.client.request(request), self.first_byte);
+        HttpConnectorFuture::new(async move {
+            match tokio::time::timeout(limit, sending).await {
+                Err(elapsed) => Err(ConnectorError::timeout(elapsed.into())),
+                Ok(Err(e)) => Err(classify(e)),
+                Ok(Ok(response)) => HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
+                    .map_err(|e| ConnectorError::other(e.into(), None)),
+            }
+        })
+    }
+}
+
+/// hyper's error as the SDK's: a failed connect or a broken connection is I/O (retried;
+/// the client tells "unreachable" from "reset" by the message), a timeout is a timeout.
+fn classify(e: hyper_util::client::legacy::Error) -> ConnectorError {
+    let io = std::error::Error::source(&e)
+        .and_then(|s| std::iter::successors(Some(s), |s| s.source()).find_map(|s| s.downcast_ref::<std::io::Error>()))
+        .map(|io| io.kind());
+    if io == Some(std::io::ErrorKind::TimedOut) {
+        ConnectorError::timeout(e.into())
+    } else if e.is_connect() || io.is_some() {
+        ConnectorError::io(e.into())
+    } else {
+        ConnectorError::other(e.into(), Some(ErrorKind::TransientError))
+    }
+}
