@@ -661,6 +661,7 @@ impl Engine {
             self.metrics.set_part_size(part);
             if let Some(rate) = c.rtt.request_rate() {
                 let range = ((rate * RANGE_SECS) as u64).clamp(download::MIN_RANGE, part.max(download::MIN_RANGE));
+                let range = range / download::MIN_RANGE * download::MIN_RANGE;
                 self.range_size.store(range, Relaxed);
             }
         }

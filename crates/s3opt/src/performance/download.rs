@@ -151,7 +151,8 @@ where
             let ahead = engine.window.limit().clamp(1, LOOKAHEAD);
             while off < end && queue.len() - finished.load(Relaxed) < ahead {
                 let left = end - off;
-                let spread = (left / engine.window.limit() as u64).max(MIN_RANGE);
+                // Whole MiB, so that the pool's buffers come back in a few sizes and are reused.
+                let spread = (left / engine.window.limit() as u64 / MIN_RANGE).max(1) * MIN_RANGE;
                 let len = engine.range_size().min(spread).min(left);
                 queue.push_back(counted(fetch(off, len), finished.clone()));
                 off += len;
