@@ -201,7 +201,7 @@ pub struct ShipArgs {
     /// Most uncompressed bytes per suitcase (a larger single file gets its own). Smaller
     /// trees are split into 2 x --parallel-suitcases suitcases (of at least 64 MiB) so that
     /// they pack and upload in parallel; a tree under 2 x --parallel-suitcases x 64 MiB is
-    /// cut into about 64 pieces of 1-4 MiB that go up side by side as single PUTs.
+    /// cut into at most 64 pieces of 256 KiB-4 MiB that go up side by side as single PUTs.
     #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub suitcase_size: u64,
     /// Uncompressed bytes per frame: the smallest unit a single-file restore fetches.

@@ -5,7 +5,10 @@
 //! - `auto` (default): the BBR model probes for bandwidth and sets the window from
 //!   bandwidth x min latency; a congestion signal (503 SlowDown, or timeouts and resets
 //!   more often than 1 in 50 requests: an odd one is random loss) cuts the window
-//!   CUBIC-style (x0.7), and CUBIC growth caps it until it is back at the model's.
+//!   CUBIC-style (x0.7), and CUBIC growth caps it until it is back at the model's. When
+//!   the path slows down (the delivered rate from [`Predictor`] is under 40% of the
+//!   model's bandwidth and requests queue), the model forgets the faster samples at once instead
+//!   of holding the old rate's window for up to 10 s.
 //! - `bbr`, `cubic`: one algorithm alone. `fixed:N`: N, always.
 
 use std::str::FromStr;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::adaptive::predictor::Predictor;
 use crate::network::bbr::Bbr;
 use crate::network::cubic::Cubic;
 use crate::network::loss::LossFilter;
@@ -27,6 +31,8 @@ pub struct ControllerState {
     pub window: usize,
     pub bandwidth_mbps: f64,
     pub min_rtt_ms: f64,
+    /// The delivered rate the forecast sees now (`auto` only; 0 until it has a few seconds).
+    pub forecast_mbps: f64,
 }
 
 /// A concurrency controller.
@@ -73,6 +79,7 @@ impl ControllerKind {
             Self::Auto => Box::new(Auto {
                 bbr: Bbr::new(initial, max),
                 cap: None,
+                predictor: Predictor::default(),
                 rtt: RttEstimator::default(),
                 loss: LossFilter::default(),
                 max,
@@ -110,6 +117,7 @@ struct Auto {
     bbr: Bbr,
     /// Set by a congestion signal; lifted once CUBIC growth reaches the model's window.
     cap: Option<Cubic>,
+    predictor: Predictor,
     rtt: RttEstimator,
     loss: LossFilter,
     max: f64,
@@ -119,8 +127,10 @@ impl Controller for Auto {
     fn on_sample(&mut self, s: &Sample) {
         if s.outcome == Outcome::Ok {
             self.rtt.on_sample(s.finished, s.bytes, s.latency(), s.retransmit);
+            self.predictor.on_completion(s.finished, s.bytes);
         }
         self.bbr.on_sample(s);
+        self.on_slowdown();
         let rtt = self.rtt.srtt().unwrap_or(Duration::from_millis(100));
         if self.loss.on_outcome(s.outcome) {
             let current = self.cap.as_ref().map_or(self.bbr.window(), |c| c.window().min(self.bbr.window()));
@@ -148,6 +158,32 @@ impl Controller for Auto {
             window: self.window(),
             bandwidth_mbps: self.bbr.bandwidth() / 1e6,
             min_rtt_ms: ms(self.bbr.min_rtt()),
+            forecast_mbps: self.predictor.forecast(0.0).unwrap_or(0.0) / 1e6,
+        }
+    }
+}
+
+/// A delivered rate under this share of the model's bandwidth, with requests queueing, means
+/// the path slowed. Under a half, so that a second flow sharing the link (which halves
+/// the rate too) is left to the model's fair probing.
+const SLOWDOWN: f64 = 0.4;
+
+impl Auto {
+    /// The path has slowed when the delivered rate (the forecast's level, not its trend:
+    /// a falling trend extrapolated would feed on the cut it causes) is under 40% of the
+    /// model's bandwidth while requests queue (smoothed latency above 1.5x the minimum).
+    /// The model then forgets the faster samples at once instead of holding the old
+    /// rate's window for up to 10 s.
+    fn on_slowdown(&mut self) {
+        if self.bbr.mode() != crate::network::bbr::Mode::ProbeBw {
+            return;
+        }
+        let (Some(rate), Some(srtt), Some(min)) = (self.predictor.forecast(0.0), self.rtt.srtt(), self.bbr.min_rtt())
+        else {
+            return;
+        };
+        if rate < SLOWDOWN * self.bbr.bandwidth() && srtt.as_secs_f64() > 1.5 * min.as_secs_f64() {
+            self.bbr.lower_bandwidth(rate);
         }
     }
 }
@@ -169,6 +205,7 @@ impl Controller for BbrOnly {
             window: self.window(),
             bandwidth_mbps: self.0.bandwidth() / 1e6,
             min_rtt_ms: ms(self.0.min_rtt()),
+            forecast_mbps: 0.0,
         }
     }
 }
@@ -199,6 +236,7 @@ impl Controller for CubicOnly {
             window: self.window(),
             bandwidth_mbps: 0.0,
             min_rtt_ms: ms(self.rtt.min_rtt()),
+            forecast_mbps: 0.0,
         }
     }
 }
@@ -212,7 +250,14 @@ impl Controller for Fixed {
         self.0
     }
     fn state(&self) -> ControllerState {
-        ControllerState { controller: "fixed", mode: "fixed", window: self.0, bandwidth_mbps: 0.0, min_rtt_ms: 0.0 }
+        ControllerState {
+            controller: "fixed",
+            mode: "fixed",
+            window: self.0,
+            bandwidth_mbps: 0.0,
+            min_rtt_ms: 0.0,
+            forecast_mbps: 0.0,
+        }
     }
 }
 
@@ -294,6 +339,14 @@ mod tests {
         sim.run(Duration::from_secs(30));
         sim.link_mut().bandwidth = 10.0 * MB;
         sim.run(Duration::from_secs(30));
+        // The slowdown is seen within seconds: the model alone kept the old window (21-26
+        // requests, 4x the new BDP) until 40 s.
+        let soon = mean(&sim.windows(f, 34, 38));
+        assert!(
+            soon <= 2.0 * ideal(10.0 * MB),
+            "window {soon:.1} 4-8 s after the drop, BDP now {:.1}",
+            ideal(10.0 * MB)
+        );
         let late = mean(&sim.windows(f, 45, 60));
         assert!(late <= 1.3 * ideal(10.0 * MB), "window {late:.1} after the drop, BDP now {:.1}", ideal(10.0 * MB));
         assert!(sim.throughput(f, 35, 60) >= 0.9 * 10.0 * MB);

@@ -132,6 +132,16 @@ impl Bbr {
         w.clamp(1.0, self.max_window)
     }
 
+    /// Forgets bandwidth samples above `rate`: the path is known to have slowed (the caller
+    /// has seen the delivered rate fall and requests queue), so the windowed maximum must
+    /// not keep the old rate's window for the rest of its 10 s. ProbeBW then probes up from
+    /// `rate` as usual.
+    pub fn lower_bandwidth(&mut self, rate: f64) {
+        for (_, _, r) in &mut self.bw {
+            *r = r.min(rate);
+        }
+    }
+
     /// The steady-state window (gain 1): bandwidth x min latency / request size; `None`
     /// until a request has completed.
     pub fn bdp_window(&self) -> Option<f64> {
