@@ -70,6 +70,7 @@ def run_scenario(arg):
                 last_byte_s=last_byte_s,
                 last_byte_pct=(size / 1e6 / last_byte_s / bottleneck * 100) if bottleneck and last_byte_s else None,
                 rss=rss, retries=summary["retries"], hedges=summary["metrics"]["hedges"],
+                requests=summary["metrics"]["requests"],
                 s503=stats["status_503"], resets=stats["resets_injected"], stalls=stalls_of(stats),
                 wmin=min(windows), wmax=max(windows), wlast=windows[-1], part=summary["metrics"]["part_size"] >> 20,
                 verified=verified))
@@ -101,13 +102,13 @@ def main():
         f"{os.cpu_count()} cores. Default settings (auto controller, 256 MiB budget). % is of the scenario's bottleneck; "
         "first 10 s and the last byte are from the emulator's per-second byte counts (an upload's remaining seconds "
         "are the server assembling the object at CompleteMultipartUpload).", "",
-        "| scenario | dir | MiB | s | MB/s | % bottleneck | s to last byte | % to last byte | % in first 10 s | peak RSS MiB | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| scenario | dir | MiB | s | MB/s | % bottleneck | s to last byte | % to last byte | % in first 10 s | peak RSS MiB | requests | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['direction']} | {r['mib']} | {r['seconds']:.1f} | {r['mbps']:.1f} | {fmt(r['pct'], '.0f')} | "
-            f"{fmt(r['last_byte_s'], 'd')} | {fmt(r['last_byte_pct'], '.0f')} | {fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
+            f"{fmt(r['last_byte_s'], 'd')} | {fmt(r['last_byte_pct'], '.0f')} | {fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['requests']} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
             f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |")
     default = names == ["wan", "lossy", "shifting"]
     out = ROOT / ("bench/results/controller.md" if default else f"bench/results/controller-{'-'.join(names).replace(':', '-')}.md")
