@@ -298,6 +298,25 @@ mod tests {
     }
 
     #[test]
+    fn a_window_started_far_above_the_bdp_comes_down_to_it() {
+        // The default start (64) on wan with 2 MiB requests, where 21 fill the link: the
+        // first round queues behind itself, so the first minimum latency is inflated about
+        // 3x. ProbeRTT finds the lower one and, as long as each probe finds a much lower
+        // minimum, probes again at once (one probe per 10 s left the window at 1.5x the
+        // BDP after a minute).
+        let link = Link { bandwidth: 40.0 * MB, per_conn: 2.0 * MB, rtt: Duration::from_millis(60), ..Link::default() };
+        let part = 2 << 20;
+        let ideal = link.bandwidth * (0.06 + part as f64 / link.per_conn) / part as f64;
+        let mut sim = Sim::new(link, 4);
+        let f = sim.add_flow(ControllerKind::Auto.build(64, 128), part, Duration::ZERO);
+        sim.run(Duration::from_secs(60));
+        let w = mean(&sim.windows(f, 30, 60));
+        assert!((w - ideal).abs() <= 0.1 * ideal, "mean window {w:.1} from 30 s, BDP {ideal:.1}");
+        let rate = sim.throughput(f, 0, 60);
+        assert!(rate >= 0.9 * 40.0 * MB, "throughput {:.1} MB/s", rate / MB);
+    }
+
+    #[test]
     fn throttling_cuts_the_window_by_about_half_and_it_recovers() {
         // 1 MB parts take 0.56 s: 22 in flight would send 40 req/s; the limit is 20 req/s.
         let link = Link { bandwidth: 40.0 * MB, per_conn: 2.0 * MB, rtt: Duration::from_millis(60), ..Link::default() };

@@ -67,6 +67,11 @@ pub struct Bbr {
     request_bytes: f64,
     /// ProbeRTT: when it began, and the least latency of requests started since.
     probe_rtt: Option<(Instant, Option<f64>)>,
+    /// The minimum when the current ProbeRTT began.
+    probe_rtt_from: f64,
+    /// The last ProbeRTT found a minimum far below the old one: the old one was inflated
+    /// (measured with a queue of the model's own making), and so may the new one be.
+    reprobe: bool,
     /// Bandwidth estimate when the current 1.25 probe began.
     probe_start_bw: f64,
 }
@@ -91,6 +96,8 @@ impl Bbr {
             cycle: 0,
             request_bytes: 0.0,
             probe_rtt: None,
+            probe_rtt_from: 0.0,
+            reprobe: false,
             probe_start_bw: 0.0,
         }
     }
@@ -234,6 +241,7 @@ impl Bbr {
         }
         if mode == Mode::ProbeRtt {
             self.probe_rtt = Some((now, None));
+            self.probe_rtt_from = self.min_rtt.map_or(0.0, |(_, v)| v);
         }
     }
 
@@ -255,12 +263,16 @@ impl Bbr {
                         self.probe_start_bw = self.bandwidth();
                     }
                 }
-                if rtt_stale {
+                if rtt_stale || (self.reprobe && new_round) {
+                    self.reprobe = false;
                     self.enter(Mode::ProbeRtt, now);
                 }
             }
             Mode::ProbeRtt if probe_done => {
                 self.probe_rtt = None;
+                // A minimum 25% lower than before: probe again at once rather than in 10 s,
+                // until the minimum stops falling (each probe halves what is in flight).
+                self.reprobe = self.min_rtt.is_some_and(|(_, v)| v < 0.75 * self.probe_rtt_from);
                 let next = if self.filled { Mode::ProbeBw } else { Mode::Startup };
                 self.enter(next, now);
             }
