@@ -171,10 +171,76 @@ where
     })
 }
 
-pub(crate) async fn get_object<W>(engine: &Arc<Engine>, bucket: &str, key: &str, mut writer: W) -> Result<GetResult>
+/// Where a download's data goes, range by range, in order.
+trait Sink: Send {
+    fn put(&mut self, buf: PooledBuf) -> impl std::future::Future<Output = Result<()>> + Send;
+    fn finish(&mut self) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+/// Any async writer.
+struct ToWriter<W>(W);
+
+fn writing_failed(source: std::io::Error) -> Error {
+    Error::Stream { context: "writing download", source }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Sink for ToWriter<W> {
+    async fn put(&mut self, buf: PooledBuf) -> Result<()> {
+        self.0.write_all(buf.as_slice()).await.map_err(writing_failed)
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.0.flush().await.map_err(writing_failed)
+    }
+}
+
+/// A file written on the blocking pool straight from the pool's buffers (tokio's `File`
+/// first copies every byte into a buffer of its own), one write in flight while the next
+/// range is read.
+struct ToFile {
+    file: Option<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
+    path: std::path::PathBuf,
+}
+
+impl ToFile {
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(writing) = self.writing.take() {
+            let (file, written) = writing.await.expect("file writer task");
+            self.file = Some(file);
+            written.map_err(|source| Error::Io {
+                context: "cannot write destination",
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for ToFile {
+    async fn put(&mut self, buf: PooledBuf) -> Result<()> {
+        use std::io::Write;
+        self.settle().await?;
+        let mut file = self.file.take().expect("no write in flight after settle");
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let written = file.write_all(buf.as_slice());
+            (file, written)
+        }));
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.settle().await
+    }
+}
+
+pub(crate) async fn get_object<W>(engine: &Arc<Engine>, bucket: &str, key: &str, writer: W) -> Result<GetResult>
 where
     W: AsyncWrite + Unpin + Send,
 {
+    download(engine, bucket, key, &mut ToWriter(writer)).await
+}
+
+async fn download(engine: &Arc<Engine>, bucket: &str, key: &str, sink: &mut impl Sink) -> Result<GetResult> {
     let info = engine.head(bucket, key).await?;
     let mut hasher = info.checksum.as_ref().map(|c| c.hasher());
     let mut fetches =
@@ -185,14 +251,11 @@ where
         if let Some(h) = hasher.as_mut() {
             h.update(buf.as_slice());
         }
-        writer
-            .write_all(buf.as_slice())
-            .await
-            .map_err(|source| Error::Stream { context: "writing download", source })?;
         written += buf.len() as u64;
         count += 1;
+        sink.put(buf).await?;
     }
-    writer.flush().await.map_err(|source| Error::Stream { context: "writing download", source })?;
+    sink.finish().await?;
     if let (Some(h), Some(expected)) = (hasher, &info.checksum) {
         let actual = h.finish_b64();
         if actual != expected.value {
@@ -218,24 +281,13 @@ pub(crate) async fn get_object_to_file(
 ) -> Result<GetResult> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
     let tmp = path.with_file_name(format!(".{name}.cargoship-partial"));
-    let file = tokio::fs::File::create(&tmp).await.map_err(|source| Error::Io {
-        context: "cannot write destination",
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let cannot_write = |source| Error::Io { context: "cannot write destination", path: path.to_owned(), source };
+    let file = tokio::fs::File::create(&tmp).await.map_err(cannot_write)?.into_std().await;
     let result = async {
-        let res = get_object(engine, bucket, key, &mut writer).await?;
-        writer.shutdown().await.map_err(|source| Error::Io {
-            context: "cannot write destination",
-            path: path.to_owned(),
-            source,
-        })?;
-        tokio::fs::rename(&tmp, path).await.map_err(|source| Error::Io {
-            context: "cannot write destination",
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut sink = ToFile { file: Some(file), writing: None, path: path.to_owned() };
+        let res = download(engine, bucket, key, &mut sink).await?;
+        drop(sink);
+        tokio::fs::rename(&tmp, path).await.map_err(cannot_write)?;
         Ok(res)
     }
     .await;
