@@ -62,6 +62,11 @@ pub(crate) struct Engine {
     control: std::sync::Mutex<Control>,
     /// `--bwlimit`: the client's share of the link.
     pacer: Option<Arc<Pacer>>,
+    /// When the engine was created, and the start (nanoseconds since then) of the newest
+    /// data request that has succeeded: a request older than that and still running is
+    /// behind its peers (see [`Engine::is_straggler`]).
+    epoch: Instant,
+    newest_done: AtomicU64,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
@@ -224,6 +229,8 @@ impl OptimizedS3Client {
             endpoint,
             cfg,
             pacer,
+            epoch: now,
+            newest_done: AtomicU64::new(0),
             cleanup: std::sync::Mutex::new(Vec::new()),
             observers: std::sync::RwLock::new(Vec::new()),
         };
@@ -551,20 +558,30 @@ impl Engine {
                 Some(after) => {
                     let first = attempt_fn();
                     tokio::pin!(first);
-                    tokio::select! {
-                        r = &mut first => r,
-                        () = tokio::time::sleep(after) => {
-                            if self.take_hedge() {
-                                tracing::debug!(op = op.name(), ?after, "hedging a straggler");
-                                race(first, attempt_fn()).await
-                            } else {
-                                first.await
+                    let mut wait = after;
+                    loop {
+                        tokio::select! {
+                            r = &mut first => break r,
+                            () = tokio::time::sleep(wait) => {
+                                if !self.is_straggler(started) {
+                                    // Late, but so is everyone: the path is slower, not this request.
+                                    wait = after / 4;
+                                    continue;
+                                }
+                                if self.take_hedge() {
+                                    tracing::debug!(op = op.name(), ?after, "hedging a straggler");
+                                    break race(first, attempt_fn()).await;
+                                }
+                                break first.await;
                             }
                         }
                     }
                 }
             };
             let finished = Instant::now();
+            if windowed && result.is_ok() {
+                self.newest_done.fetch_max(started.duration_since(self.epoch).as_nanos() as u64, Relaxed);
+            }
             self.metrics.request_finished();
             drop(permit);
             let outcome = match &result {
@@ -617,8 +634,9 @@ impl Engine {
     }
 
     /// How long a data request may run before a duplicate is sent (`None`: no hedging yet,
-    /// too few samples, or not a data request). A straggler is a request past both twice
-    /// the smoothed latency and the RFC 6298 timeout.
+    /// too few samples, or not a data request). A request past both twice the smoothed
+    /// latency and the RFC 6298 timeout is hedged if it is also behind its peers
+    /// ([`Engine::is_straggler`]).
     fn hedge_after(&self, windowed: bool) -> Option<std::time::Duration> {
         if !windowed || self.metrics.data_requests() < 20 {
             return None;
@@ -626,6 +644,14 @@ impl Engine {
         let c = self.control.lock().expect("control lock");
         let srtt = c.rtt.srtt()?;
         Some((srtt * 2).max(c.rtt.rto()))
+    }
+
+    /// Whether a late request started at `started` is a straggler rather than a sign that
+    /// the whole path slowed down (a window that just grew, a bottleneck that just
+    /// narrowed): a request started after it has already succeeded, or it runs alone.
+    fn is_straggler(&self, started: Instant) -> bool {
+        let newest_done = self.newest_done.load(Relaxed);
+        newest_done > started.duration_since(self.epoch).as_nanos() as u64 || self.window.in_use() <= 1
     }
 
     /// Takes one hedge from the budget (5% of data requests).
