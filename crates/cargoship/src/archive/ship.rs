@@ -401,8 +401,11 @@ async fn ship_suitcase(
 }
 
 /// Errors after which an interrupted upload is abandoned and the suitcase sent afresh.
+/// s3s-fs (the embedded store) answers AccessDenied, not NoSuchUpload, for an upload that
+/// no longer exists (one completed just before the run was killed): sending the suitcase
+/// again is always safe, and a real permission problem fails again on the fresh upload.
 fn restartable(e: &s3opt::Error) -> bool {
-    matches!(e, s3opt::Error::ResumeMismatch { .. })
+    matches!(e, s3opt::Error::ResumeMismatch { .. } | s3opt::Error::AccessDenied { .. })
         || matches!(e, s3opt::Error::Service { code, .. } if code == "NoSuchUpload")
 }
 
