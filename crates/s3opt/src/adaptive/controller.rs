@@ -7,8 +7,8 @@
 //!   more often than 1 in 50 requests: an odd one is random loss) cuts the window
 //!   CUBIC-style (x0.7), and CUBIC growth caps it until it is back at the model's. When
 //!   the path slows down (the delivered rate from [`Predictor`] is under 40% of the
-//!   model's bandwidth and requests queue), the model forgets the faster samples at once instead
-//!   of holding the old rate's window for up to 10 s.
+//!   model's bandwidth and requests queue), the model forgets the faster samples at once
+//!   instead of holding the old rate's window for up to 10 s.
 //! - `bbr`, `cubic`: one algorithm alone. `fixed:N`: N, always.
 
 use std::str::FromStr;

@@ -1,7 +1,8 @@
 //! A trend forecast of the delivered rate: Holt's linear exponential smoothing (a level and
 //! a trend) over one-second totals of completed bytes. Time comes from the samples, so it
-//! runs the same in virtual time. The `auto` controller pre-scales its window from the
-//! forecast when the path has slowed (see [`super::controller`]).
+//! runs the same in virtual time. The `auto` controller compares its level (the smoothed
+//! delivered rate) with the BBR model's bandwidth to see that the path has slowed (see
+//! [`super::controller`]); `forecast_mbps` in the controller state shows it.
 
 use std::time::Instant;
 

@@ -65,8 +65,9 @@ impl BufferPool {
             };
             // Keep no more cached bytes than the budget has free (oldest go first).
             let free = self.sem.available_permits() as u64 * UNIT;
-            while cache.iter().map(|b| b.capacity() as u64).sum::<u64>() > free {
-                cache.remove(0);
+            let mut cached: u64 = cache.iter().map(|b| b.capacity() as u64).sum();
+            while cached > free {
+                cached -= cache.remove(0).capacity() as u64;
             }
             buf
         };
