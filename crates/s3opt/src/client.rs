@@ -842,49 +842,26 @@ where
     }
 }
 
-/// Appends a GET body to `buf` with an idle timeout on every chunk; a stall or a short
-/// body is a retryable failure, and what arrived before it stays in `buf` so the retry
-/// can ask for the rest only.
-pub(crate) async fn read_body(
+/// The next chunk of a GET body (`None` at its end), with an idle timeout: a stall or a
+/// broken connection is a retryable failure.
+pub(crate) async fn next_chunk(
     engine: &Engine,
-    mut body: aws_sdk_s3::primitives::ByteStream,
-    expected: Option<u64>,
-    buf: &mut BytesMut,
-) -> Result<(), Failure> {
-    let had = buf.len();
-    loop {
-        match tokio::time::timeout(engine.cfg.idle_timeout, body.try_next()).await {
-            Err(_) => {
-                return Err(Failure::new(
-                    Outcome::Timeout,
-                    Error::Service {
-                        op: "GetObject",
-                        status: 0,
-                        code: "Stalled".into(),
-                        message: "response body stalled".into(),
-                    },
-                ));
-            }
-            Ok(Err(e)) => {
-                return Err(Failure::new(
-                    Outcome::Reset,
-                    Error::Service {
-                        op: "GetObject",
-                        status: 0,
-                        code: "ConnectionReset".into(),
-                        message: e.to_string(),
-                    },
-                ));
-            }
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
-        }
+    body: &mut aws_sdk_s3::primitives::ByteStream,
+) -> Result<Option<Bytes>, Failure> {
+    let failure = |outcome, code: &str, message: String| {
+        Failure::new(outcome, Error::Service { op: "GetObject", status: 0, code: code.into(), message })
+    };
+    match tokio::time::timeout(engine.cfg.idle_timeout, body.try_next()).await {
+        Err(_) => Err(failure(Outcome::Timeout, "Stalled", "response body stalled".into())),
+        Ok(Err(e)) => Err(failure(Outcome::Reset, "ConnectionReset", e.to_string())),
+        Ok(Ok(chunk)) => Ok(chunk),
     }
-    let got = (buf.len() - had) as u64;
-    if let Some(n) = expected
-        && got != n
-    {
-        return Err(Failure::new(
+}
+
+/// A body that ended after `got` of the `expected` bytes is a retryable failure.
+pub(crate) fn check_length(expected: Option<u64>, got: u64) -> Result<(), Failure> {
+    match expected {
+        Some(n) if got != n => Err(Failure::new(
             Outcome::Reset,
             Error::Service {
                 op: "GetObject",
@@ -892,7 +869,22 @@ pub(crate) async fn read_body(
                 code: "ShortBody".into(),
                 message: format!("expected {n} bytes, got {got}"),
             },
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Appends a GET body to `buf` (see [`next_chunk`]); what arrived before a failure stays in
+/// `buf` so the retry can ask for the rest only.
+pub(crate) async fn read_body(
+    engine: &Engine,
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    expected: Option<u64>,
+    buf: &mut BytesMut,
+) -> Result<(), Failure> {
+    let had = buf.len();
+    while let Some(chunk) = next_chunk(engine, &mut body).await? {
+        buf.extend_from_slice(&chunk);
+    }
+    check_length(expected, (buf.len() - had) as u64)
 }

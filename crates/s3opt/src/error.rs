@@ -29,6 +29,10 @@ pub enum Error {
     /// Data did not match its checksum: corruption in flight or at rest.
     #[error("integrity check failed for s3://{bucket}/{key}: {detail}")]
     Integrity { bucket: String, key: String, detail: String },
+    /// The object was replaced while it was being downloaded (a ranged GET pinned to the
+    /// first version's ETag was refused): its ranges would belong to two versions.
+    #[error("s3://{bucket}/{key} changed while it was being downloaded ({detail}); download it again")]
+    Changed { bucket: String, key: String, detail: String },
     /// The object cannot be stored within S3's part limits and the memory budget.
     #[error("object too large: {0}")]
     TooLarge(String),
@@ -71,6 +75,9 @@ impl Error {
             Error::NoSuchKey { .. } => Error::NoSuchKey { bucket: bucket.into(), key: key.into() },
             Error::NoSuchBucket { .. } => Error::NoSuchBucket { bucket: bucket.into() },
             Error::Integrity { detail, .. } => Error::Integrity { bucket: bucket.into(), key: key.into(), detail },
+            Error::Service { status: 412, message, .. } => {
+                Error::Changed { bucket: bucket.into(), key: key.into(), detail: message }
+            }
             other => other,
         }
     }

@@ -66,10 +66,19 @@ async fn resets_are_retried(tweak: impl FnOnce(&mut s3opt::ClientConfig)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_cut_off_mid_body_resumes_where_it_stopped() {
+    cut_off_download_resumes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_to_a_file_cut_off_mid_body_resumes_where_it_stopped() {
+    cut_off_download_resumes(true).await;
+}
+
+async fn cut_off_download_resumes(to_file: bool) {
     // Requests 1 and 2 (the two 8 MiB ranges; request 0 is the HEAD) are reset somewhere
     // between 10% and 90% of their body. The retries ask only for what did not arrive;
     // fetching the ranges again would cost at least 2 x 0.8 MiB more.
-    let (_d, server, emu, client) = via_emulator_with("[faults]\nreset_first = 3", |cfg| {
+    let (dir, server, emu, client) = via_emulator_with("[faults]\nreset_first = 3", |cfg| {
         cfg.controller = s3opt::ControllerKind::Fixed(2);
         cfg.part_size = 8 * MIB;
     })
@@ -77,8 +86,14 @@ async fn a_download_cut_off_mid_body_resumes_where_it_stopped() {
     let src = data(16 * MIB as usize, 4);
     let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
     direct.put_object(BUCKET, "cut.bin", &src[..], PutOptions::default()).await.unwrap();
-    let mut out = Vec::new();
-    let got = client.get_object(BUCKET, "cut.bin", &mut out).await.unwrap();
+    let (got, out) = if to_file {
+        let dest = dir.path().join("cut.out");
+        let got = client.get_object_to_file(BUCKET, "cut.bin", &dest).await.unwrap();
+        (got, std::fs::read(&dest).unwrap())
+    } else {
+        let mut out = Vec::new();
+        (client.get_object(BUCKET, "cut.bin", &mut out).await.unwrap(), out)
+    };
     assert!(out == src, "resumed download differs from the source");
     assert_eq!(got.verified_with, Some("CRC64NVME"));
     let report = emu.report();
@@ -90,6 +105,32 @@ async fn a_download_cut_off_mid_body_resumes_where_it_stopped() {
         "the emulator sent {sent} bytes for a {} byte object: cut-off bytes were fetched again",
         src.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_replaced_during_a_download_fails_it_and_leaves_no_file() {
+    // 4 ranges of 6 MiB, two at a time at 4 MB/s each: the last two start after the
+    // object was replaced, and must not be spliced onto the first two.
+    let (dir, server, _emu, client) = via_emulator_with("[link]\nper_connection_mbps = 4.0", |cfg| {
+        cfg.controller = s3opt::ControllerKind::Fixed(2);
+        cfg.part_size = 6 * MIB;
+    })
+    .await;
+    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
+    direct.put_object(BUCKET, "moving.bin", &data(24 * MIB as usize, 5)[..], PutOptions::default()).await.unwrap();
+    let dest = dir.path().join("moving.out");
+    let download = client.get_object_to_file(BUCKET, "moving.bin", &dest);
+    let replace = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        direct.put_object(BUCKET, "moving.bin", &data(24 * MIB as usize, 6)[..], PutOptions::default()).await.unwrap();
+    };
+    let (got, ()) = tokio::join!(download, replace);
+    let err = got.expect_err("a download spanning two versions must fail");
+    assert!(matches!(err, s3opt::Error::Changed { .. }), "refused as another version, not spliced: {err:?}");
+    assert!(err.to_string().contains("s3://test-bucket/moving.bin changed while it was being downloaded"), "{err}");
+    assert!(!dest.exists(), "no file at the destination");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().all(|n| !n.to_string_lossy().contains("moving")), "no partial file left: {names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

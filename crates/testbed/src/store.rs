@@ -131,7 +131,14 @@ impl S3 for Store {
         if path.is_dir() {
             return Err(s3_error!(NoSuchKey));
         }
+        let if_match = req.input.if_match.clone();
         let mut resp = self.fs.get_object(req).await?;
+        // s3s-fs ignores If-Match on GET; S3 answers 412 when the object is another version.
+        if let Some(ETagCondition::ETag(expected)) = &if_match
+            && !resp.output.e_tag.as_ref().is_some_and(|tag| tag.strong_cmp(expected))
+        {
+            return Err(s3_error!(PreconditionFailed, "the object's ETag is no longer {}", expected.value()));
+        }
         // s3s-fs streams in 4 KiB reads; serve the same bytes in large reads instead.
         let out = &mut resp.output;
         let len = out.content_length.unwrap_or(0).max(0) as u64;

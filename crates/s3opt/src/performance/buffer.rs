@@ -56,7 +56,7 @@ impl BufferPool {
     /// Sizes above the budget are clamped to it (callers never ask for that much).
     pub async fn acquire(&self, size: u64) -> PooledBuf {
         let size = size.min(self.budget) as usize;
-        let permit = self.sem.clone().acquire_many_owned(units(size as u64)).await.expect("semaphore never closed");
+        let permit = self.reserve(size as u64).await;
         let buf = {
             let mut cache = self.cache.lock().expect("pool cache");
             let buf = match cache.iter().position(|b| b.capacity() == size) {
@@ -72,6 +72,16 @@ impl BufferPool {
             buf
         };
         PooledBuf { buf: Some(buf), permit: Some(permit), cache: self.cache.clone() }
+    }
+}
+
+impl BufferPool {
+    /// Reserves `size` bytes of the budget (clamped to it) without a buffer, for data held
+    /// in buffers of someone else's (a response's chunks on their way to a file), waiting
+    /// while the budget is spent. The bytes return to the pool when the permit is dropped.
+    pub async fn reserve(&self, size: u64) -> OwnedSemaphorePermit {
+        let size = size.min(self.budget);
+        self.sem.clone().acquire_many_owned(units(size)).await.expect("semaphore never closed")
     }
 }
 

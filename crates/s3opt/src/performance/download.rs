@@ -1,9 +1,11 @@
 //! The download pipeline: parallel ranged GETs reassembled in order and verified.
 //!
 //! Ranges (one part size each, read live so a controller can change it) are fetched
-//! concurrently into pool buffers; the writer consumes them strictly in order, feeding a
-//! running checksum; at the end the checksum must equal the full-object checksum S3
-//! stored. `get_range` is the ObjectFS path: a small read is exactly one small GET.
+//! concurrently. To a stream, they land in pool buffers and are written strictly in order,
+//! feeding a running checksum. To a file, each range writes its response's chunks at its
+//! own offset as they arrive (no reassembly, no copy) and checksums itself; the ranges'
+//! checksums are combined in order. Either way the result must equal the full-object
+//! checksum S3 stored. `get_range` is the ObjectFS path: a small read is one small GET.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,9 +15,10 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::{Engine, read_body};
+use crate::client::{Engine, Failure, ObjectInfo, check_length, next_chunk, read_body};
 use crate::error::{Error, Result};
-use crate::network::Op;
+use crate::integrity::StreamHasher;
+use crate::network::{Op, Outcome};
 use crate::performance::buffer::PooledBuf;
 
 /// Ranged GETs queued ahead of the writer at most (the window, up to this; memory is
@@ -36,6 +39,28 @@ pub struct GetResult {
 
 fn range_header(offset: u64, len: u64) -> String {
     if len == 0 { format!("bytes={offset}-") } else { format!("bytes={offset}-{}", offset + len - 1) }
+}
+
+/// One attempt of a ranged GET (`len` 0: to the end), only of the version with `etag`
+/// when given.
+async fn get(
+    engine: &Engine,
+    bucket: &str,
+    key: &str,
+    offset: u64,
+    len: u64,
+    etag: Option<&str>,
+) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, Failure> {
+    engine
+        .s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .range(range_header(offset, len))
+        .set_if_match(etag.map(str::to_owned))
+        .send()
+        .await
+        .map_err(|e| engine.sdk_failure(e))
 }
 
 /// One ranged GET of `len` bytes (0: to the end) at `offset`, with retries, into `buf`
@@ -80,16 +105,9 @@ async fn fetch_steering(
                 return Ok(buf);
             }
             let result = async {
-                let out = engine
-                    .s3
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .range(range_header(offset + have, if len == 0 { 0 } else { len - have }))
-                    .set_if_match(etag.clone())
-                    .send()
-                    .await
-                    .map_err(|e| engine.sdk_failure(e))?;
+                let out =
+                    get(engine, bucket, key, offset + have, if len == 0 { 0 } else { len - have }, etag.as_deref())
+                        .await?;
                 if etag.is_none() {
                     etag = out.e_tag().map(str::to_owned);
                 }
@@ -171,76 +189,11 @@ where
     })
 }
 
-/// Where a download's data goes, range by range, in order.
-trait Sink: Send {
-    fn put(&mut self, buf: PooledBuf) -> impl std::future::Future<Output = Result<()>> + Send;
-    fn finish(&mut self) -> impl std::future::Future<Output = Result<()>> + Send;
-}
-
-/// Any async writer.
-struct ToWriter<W>(W);
-
-fn writing_failed(source: std::io::Error) -> Error {
-    Error::Stream { context: "writing download", source }
-}
-
-impl<W: AsyncWrite + Unpin + Send> Sink for ToWriter<W> {
-    async fn put(&mut self, buf: PooledBuf) -> Result<()> {
-        self.0.write_all(buf.as_slice()).await.map_err(writing_failed)
-    }
-    async fn finish(&mut self) -> Result<()> {
-        self.0.flush().await.map_err(writing_failed)
-    }
-}
-
-/// A file written on the blocking pool straight from the pool's buffers (tokio's `File`
-/// first copies every byte into a buffer of its own), one write in flight while the next
-/// range is read.
-struct ToFile {
-    file: Option<std::fs::File>,
-    writing: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
-    path: std::path::PathBuf,
-}
-
-impl ToFile {
-    async fn settle(&mut self) -> Result<()> {
-        if let Some(writing) = self.writing.take() {
-            let (file, written) = writing.await.expect("file writer task");
-            self.file = Some(file);
-            written.map_err(|source| Error::Io {
-                context: "cannot write destination",
-                path: self.path.clone(),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Sink for ToFile {
-    async fn put(&mut self, buf: PooledBuf) -> Result<()> {
-        use std::io::Write;
-        self.settle().await?;
-        let mut file = self.file.take().expect("no write in flight after settle");
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            let written = file.write_all(buf.as_slice());
-            (file, written)
-        }));
-        Ok(())
-    }
-    async fn finish(&mut self) -> Result<()> {
-        self.settle().await
-    }
-}
-
-pub(crate) async fn get_object<W>(engine: &Arc<Engine>, bucket: &str, key: &str, writer: W) -> Result<GetResult>
+pub(crate) async fn get_object<W>(engine: &Arc<Engine>, bucket: &str, key: &str, mut writer: W) -> Result<GetResult>
 where
     W: AsyncWrite + Unpin + Send,
 {
-    download(engine, bucket, key, &mut ToWriter(writer)).await
-}
-
-async fn download(engine: &Arc<Engine>, bucket: &str, key: &str, sink: &mut impl Sink) -> Result<GetResult> {
+    let writing_failed = |source| Error::Stream { context: "writing download", source };
     let info = engine.head(bucket, key).await?;
     let mut hasher = info.checksum.as_ref().map(|c| c.hasher());
     let mut fetches =
@@ -253,24 +206,145 @@ async fn download(engine: &Arc<Engine>, bucket: &str, key: &str, sink: &mut impl
         }
         written += buf.len() as u64;
         count += 1;
-        sink.put(buf).await?;
+        writer.write_all(buf.as_slice()).await.map_err(writing_failed)?;
     }
-    sink.finish().await?;
-    if let (Some(h), Some(expected)) = (hasher, &info.checksum) {
-        let actual = h.finish_b64();
-        if actual != expected.value {
-            return Err(Error::Integrity {
-                bucket: bucket.into(),
-                key: key.into(),
-                detail: format!(
-                    "downloaded data has {} {actual}, S3 stored {}",
-                    expected.algorithm_name(),
-                    expected.value
-                ),
-            });
-        }
-    }
+    writer.flush().await.map_err(writing_failed)?;
+    verify(bucket, key, &info, hasher.map(|h| h.finish_b64()))?;
     Ok(GetResult { bytes: written, ranges: count, verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()) })
+}
+
+/// Checks what was downloaded against the full-object checksum S3 stored (if any).
+fn verify(bucket: &str, key: &str, info: &ObjectInfo, actual: Option<String>) -> Result<()> {
+    if let (Some(actual), Some(expected)) = (actual, &info.checksum)
+        && actual != expected.value
+    {
+        return Err(Error::Integrity {
+            bucket: bucket.into(),
+            key: key.into(),
+            detail: format!("downloaded data has {} {actual}, S3 stored {}", expected.algorithm_name(), expected.value),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes of a response collected before they are written to the file; a range has at most
+/// one batch being written and one filling.
+const WRITE_BATCH: u64 = 1 << 20;
+
+/// Writes a range's chunks at their offsets in the file, a batch at a time on the blocking
+/// pool, straight from the response's own buffers (no copy, no buffer to fault in).
+struct PositionalWriter<'a> {
+    file: &'a Arc<std::fs::File>,
+    path: &'a Path,
+    /// File offset of the first pending byte.
+    pos: u64,
+    pending: Vec<Bytes>,
+    pending_len: u64,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl<'a> PositionalWriter<'a> {
+    fn new(file: &'a Arc<std::fs::File>, path: &'a Path, pos: u64) -> Self {
+        Self { file, path, pos, pending: Vec::new(), pending_len: 0, writing: None }
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<(), Failure> {
+        self.pending_len += chunk.len() as u64;
+        self.pending.push(chunk);
+        if self.pending_len >= WRITE_BATCH { self.submit().await } else { Ok(()) }
+    }
+
+    /// Waits for the write in flight, then starts writing what is pending.
+    async fn submit(&mut self) -> Result<(), Failure> {
+        self.settle().await?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (file, chunks, mut pos) = (self.file.clone(), std::mem::take(&mut self.pending), self.pos);
+        self.pos += std::mem::take(&mut self.pending_len);
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            for chunk in chunks {
+                file.write_all_at(&chunk, pos)?;
+                pos += chunk.len() as u64;
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> Result<(), Failure> {
+        let Some(writing) = self.writing.take() else { return Ok(()) };
+        writing.await.expect("file writer task").map_err(|source| {
+            let error = Error::Io { context: "cannot write destination", path: self.path.to_owned(), source };
+            Failure::new(Outcome::ClientError, error)
+        })
+    }
+
+    /// Everything pushed is on its way into the file and the last write has finished.
+    async fn flush(&mut self) -> Result<(), Failure> {
+        self.submit().await?;
+        self.settle().await
+    }
+}
+
+/// Where a range's retry resumes: bytes written so far and their checksum.
+struct Written {
+    have: u64,
+    hasher: Option<StreamHasher>,
+}
+
+/// One ranged GET of `len` (> 0) bytes at `offset` streamed into `file` at the same
+/// offset, with retries resuming after what was written. Every GET is pinned with
+/// `If-Match` to the ETag HEAD reported, so a hedge and its original (which may both write
+/// the same range) and a resumed attempt write the same version's bytes. Returns the
+/// range's checksum (when `fresh` is a hasher).
+#[allow(clippy::too_many_arguments)]
+async fn fetch_to_file(
+    engine: &Engine,
+    bucket: &str,
+    key: &str,
+    etag: Option<&str>,
+    (offset, len): (u64, u64),
+    file: &Arc<std::fs::File>,
+    path: &Path,
+    fresh: Option<StreamHasher>,
+) -> Result<Option<StreamHasher>> {
+    let slot = &std::sync::Mutex::new(None::<Written>);
+    // The chunks this range may hold on their way to the file count against the budget.
+    let _reserved = engine.pool.reserve(len.min(2 * WRITE_BATCH)).await;
+    let fresh = &fresh;
+    engine
+        .run_steering(key, Op::GetObject, len, true, move || async move {
+            // A hedge running beside an attempt finds the slot empty and starts afresh.
+            let taken = slot.lock().expect("slot").take();
+            let Written { mut have, mut hasher } = taken.unwrap_or(Written { have: 0, hasher: fresh.clone() });
+            let mut out = PositionalWriter::new(file, path, offset + have);
+            let received = async {
+                let response = get(engine, bucket, key, offset + have, len - have, etag).await?;
+                let (mut body, from) = (response.body, have);
+                while let Some(chunk) = next_chunk(engine, &mut body).await? {
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    have += chunk.len() as u64;
+                    out.push(chunk).await?;
+                }
+                check_length(Some(len - from), have - from)
+            }
+            .await;
+            // What was received is written before anyone resumes after it.
+            out.flush().await?;
+            match received {
+                Ok(()) => Ok(hasher),
+                Err(failure) => {
+                    *slot.lock().expect("slot") = Some(Written { have, hasher });
+                    Err(failure)
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.with_object(bucket, key))
 }
 
 pub(crate) async fn get_object_to_file(
@@ -282,13 +356,29 @@ pub(crate) async fn get_object_to_file(
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
     let tmp = path.with_file_name(format!(".{name}.cargoship-partial"));
     let cannot_write = |source| Error::Io { context: "cannot write destination", path: path.to_owned(), source };
-    let file = tokio::fs::File::create(&tmp).await.map_err(cannot_write)?.into_std().await;
+    let file = Arc::new(tokio::fs::File::create(&tmp).await.map_err(cannot_write)?.into_std().await);
     let result = async {
-        let mut sink = ToFile { file: Some(file), writing: None, path: path.to_owned() };
-        let res = download(engine, bucket, key, &mut sink).await?;
-        drop(sink);
+        let info = engine.head(bucket, key).await?;
+        let start = info.checksum.as_ref().map(|c| c.hasher());
+        let mut whole = info.checksum.as_ref().map(|c| c.combiner());
+        let etag = info.e_tag.as_deref();
+        let mut ranges = std::pin::pin!(in_order(engine, 0, info.size, |off, len| {
+            fetch_to_file(engine, bucket, key, etag, (off, len), &file, path, start.clone())
+        }));
+        let mut count = 0u32;
+        while let Some(range) = ranges.next().await {
+            if let (Some(whole), Some(h)) = (whole.as_mut(), range?) {
+                whole.append(&h);
+            }
+            count += 1;
+        }
+        verify(bucket, key, &info, whole.map(|w| w.b64()))?;
         tokio::fs::rename(&tmp, path).await.map_err(cannot_write)?;
-        Ok(res)
+        Ok(GetResult {
+            bytes: info.size,
+            ranges: count,
+            verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()),
+        })
     }
     .await;
     if result.is_err() {

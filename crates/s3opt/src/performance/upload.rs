@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::client::Engine;
 use crate::config::{MAX_PARTS, MIN_PART_SIZE};
 use crate::error::{Error, Result};
-use crate::integrity::{CombinedCrc64, b64_u64, crc64nvme_b64};
+use crate::integrity::{Algorithm, CombinedCrc, crc64nvme_b64};
 use crate::network::Op;
 use crate::performance::buffer::{FrozenBuf, PooledBuf};
 
@@ -426,13 +426,13 @@ async fn complete(
     upload_id: &str,
     parts: Vec<PartDone>,
 ) -> Result<PutResult> {
-    let mut combined = CombinedCrc64::default();
+    let mut combined = CombinedCrc::new(Algorithm::Crc64Nvme);
     let mut total = 0;
     for p in &parts {
         combined.push(p.crc, p.len);
         total += p.len;
     }
-    let full_b64 = b64_u64(combined.value());
+    let full_b64 = combined.b64();
     let completed: Vec<CompletedPart> = parts
         .iter()
         .map(|p| {
