@@ -182,7 +182,8 @@ pub struct SurveyArgs {
 #[command(after_help = "\
 Layout: s3://bucket/prefix/suitcases/s-NNNNNN.tar.zst (tar compressed in independent frames: any
 file can be read back with ranged GETs; each suitcase is also a plain .tar.zst) and
-s3://bucket/prefix/cargoship-inventory.json, written last: the archive exists once it does.
+s3://bucket/prefix/cargoship-inventory.json.zst (zstd-compressed JSON), written last: the
+archive exists once it does.
 
 Interrupted (Ctrl-C, kill, network loss)? Run the same command again: it continues where it
 stopped without re-sending finished parts. --no-resume starts over; --abort discards the

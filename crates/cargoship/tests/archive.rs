@@ -205,7 +205,7 @@ async fn small_archive(env: &Env, prefix: &str) -> PathBuf {
 async fn inventory_json(env: &Env, prefix: &str) -> Inventory {
     let mut buf = Vec::new();
     env.client.get_object("bucket", &format!("{prefix}/{INVENTORY_NAME}"), &mut buf).await.unwrap();
-    Inventory::from_json(&buf).unwrap()
+    Inventory::from_stored(&buf).unwrap()
 }
 
 async fn replace_inventory(env: &Env, prefix: &str, bytes: Vec<u8>) {
@@ -325,4 +325,41 @@ async fn an_empty_directory_ships_and_restores_to_an_empty_directory() {
     let r = restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
     assert_eq!(r.files, 0);
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_is_stored_compressed_and_plain_inventories_are_still_read() {
+    use cargoship::archive::inventory::PLAIN_INVENTORY_NAME;
+    let env = start().await;
+    let src = small_archive(&env, "new").await;
+    let mut stored = Vec::new();
+    env.client.get_object("bucket", &format!("new/{INVENTORY_NAME}"), &mut stored).await.unwrap();
+    assert!(stored.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "zstd frame");
+    let mut inv = Inventory::from_stored(&stored).unwrap();
+    let json = inv.to_json();
+    assert!(stored.len() < json.len(), "{} compressed vs {} plain", stored.len(), json.len());
+
+    // An archive written before compression: the same suitcases, a plain JSON inventory.
+    env.client.delete("bucket", &format!("new/{INVENTORY_NAME}")).await.unwrap();
+    env.client
+        .put_object("bucket", &format!("new/{PLAIN_INVENTORY_NAME}"), &json[..], PutOptions::default())
+        .await
+        .unwrap();
+    let listed = cargoship::archive::listing::list_archives(&env.client, "bucket", "").await.unwrap();
+    assert_eq!(listed.iter().map(|a| a.url.as_str()).collect::<Vec<_>>(), ["s3://bucket/new"]);
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "new").await.unwrap();
+    let out = env.dir.path().join("out-plain");
+    restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_same_tree(&src, &out);
+    // And it still counts as an archive there: shipping the same tree again is a no-op.
+    let report = ship(&env.client, &options(&env, &src, "new"), Arc::new(ShipProgress::default())).await.unwrap();
+    assert!(report.up_to_date, "{report:?}");
+
+    // A corrupt compressed inventory is refused with a clear error.
+    env.client
+        .put_object("bucket", &format!("bad/{INVENTORY_NAME}"), &stored[..stored.len() / 2], PutOptions::default())
+        .await
+        .unwrap();
+    let err = ArchiveReader::open(env.client.clone(), "bucket", "bad").await.err().unwrap();
+    assert!(matches!(err, ArchiveError::Inventory(_)) && err.to_string().contains("decompress"), "{err}");
 }

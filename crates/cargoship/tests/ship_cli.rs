@@ -155,8 +155,8 @@ async fn a_killed_ship_resumes_without_resending_acknowledged_parts() {
     // minus their resumed parts, plus the inventory. No acknowledged byte went twice.
     let client = env.client().await;
     let mut inv = Vec::new();
-    client.get_object("bucket", "arch/cargoship-inventory.json", &mut inv).await.unwrap();
-    let inventory = cargoship::archive::Inventory::from_json(&inv).unwrap();
+    client.get_object("bucket", "arch/cargoship-inventory.json.zst", &mut inv).await.unwrap();
+    let inventory = cargoship::archive::Inventory::from_stored(&inv).unwrap();
     let unfinished: u64 = inventory.suitcases[resumed_suitcases..].iter().map(|s| s.size).sum();
     let sent = j["metrics"]["bytes_sent"].as_u64().unwrap();
     assert_eq!(sent, unfinished - resumed_bytes + inv.len() as u64, "{j}");
@@ -260,8 +260,8 @@ async fn unreadable_files_are_skipped_and_listed_or_stop_a_strict_ship_cleanly()
     assert!(stderr(&o).contains("skipped secret.txt: cannot be read: Permission denied"), "{}", stderr(&o));
     let client = env.client().await;
     let mut inv = Vec::new();
-    client.get_object("bucket", "skip/cargoship-inventory.json", &mut inv).await.unwrap();
-    let inventory = cargoship::archive::Inventory::from_json(&inv).unwrap();
+    client.get_object("bucket", "skip/cargoship-inventory.json.zst", &mut inv).await.unwrap();
+    let inventory = cargoship::archive::Inventory::from_stored(&inv).unwrap();
     assert_eq!(inventory.skipped.len(), 1);
     assert_eq!(inventory.skipped[0].path, "secret.txt");
     assert_eq!(inventory.totals.files, 1);

@@ -1,6 +1,8 @@
 //! The inventory: the archive's table of contents and its commit point. Versioned JSON
 //! listing every entry (path, size, mtime, mode, BLAKE3, where its bytes are) and every
-//! suitcase (key, size, CRC64NVME, frame index). Pure data + validation, no I/O.
+//! suitcase (key, size, CRC64NVME, frame index), stored zstd-compressed (about 4x smaller:
+//! it is the last request of a ship and the first of a restore). Pure data + validation,
+//! no I/O.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +13,22 @@ use super::codec::Codec;
 pub const FORMAT: &str = "cargoship-inventory";
 /// The schema version this build writes and reads.
 pub const VERSION: u32 = 1;
-/// Object name of the inventory under an archive's prefix.
-pub const INVENTORY_NAME: &str = "cargoship-inventory.json";
+/// Object name of the inventory under an archive's prefix: zstd-compressed JSON.
+pub const INVENTORY_NAME: &str = "cargoship-inventory.json.zst";
+/// Object name of an uncompressed inventory (archives written before it was compressed):
+/// read, never written. It is a prefix of [`INVENTORY_NAME`], so one listing finds both.
+pub const PLAIN_INVENTORY_NAME: &str = "cargoship-inventory.json";
+
+/// Whether an object name (the last component of a key) is an archive's inventory.
+pub fn is_inventory_name(name: &str) -> bool {
+    name == INVENTORY_NAME || name == PLAIN_INVENTORY_NAME
+}
+
+/// zstd level of the stored inventory.
+const STORED_LEVEL: i32 = 3;
+/// An inventory never decompresses to more than this (a corrupt or hostile object must not
+/// exhaust memory): 1 GiB holds several million entries.
+const MAX_INVENTORY_BYTES: usize = 1 << 30;
 
 /// An archive's inventory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,6 +198,32 @@ impl Inventory {
         let body = serde_json::to_vec(self).expect("inventory serializes");
         self.digest = blake3::hash(&body).to_hex().to_string();
         serde_json::to_vec(self).expect("inventory serializes")
+    }
+
+    /// The bytes stored under [`INVENTORY_NAME`]: the JSON, zstd-compressed.
+    pub fn to_stored(&mut self) -> Vec<u8> {
+        zstd::bulk::compress(&self.to_json(), STORED_LEVEL).expect("zstd compresses into memory")
+    }
+
+    /// Reads stored inventory bytes: zstd-compressed JSON, or plain JSON (older archives),
+    /// then [`Inventory::from_json`].
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, ArchiveError> {
+        const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+        if !bytes.starts_with(&ZSTD_MAGIC) {
+            return Self::from_json(bytes);
+        }
+        let mut json = Vec::new();
+        let decoder = zstd::stream::read::Decoder::new(bytes)
+            .map_err(|e| ArchiveError::Inventory(format!("cannot decompress the inventory ({e})")))?;
+        let read =
+            std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_INVENTORY_BYTES as u64 + 1), &mut json);
+        match read {
+            Err(e) => Err(ArchiveError::Inventory(format!("cannot decompress the inventory ({e})"))),
+            Ok(n) if n > MAX_INVENTORY_BYTES => Err(ArchiveError::Inventory(format!(
+                "the inventory decompresses to more than {MAX_INVENTORY_BYTES} bytes"
+            ))),
+            Ok(_) => Self::from_json(&json),
+        }
     }
 
     /// Parses and validates an inventory: format, version, digest, safe paths, and

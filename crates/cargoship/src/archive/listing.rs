@@ -6,7 +6,7 @@ use s3opt::OptimizedS3Client;
 use serde::Serialize;
 
 use super::Result;
-use super::inventory::INVENTORY_NAME;
+use super::inventory::is_inventory_name;
 use super::reader::fetch_inventory;
 
 /// One archive.
@@ -29,12 +29,9 @@ pub async fn list_archives(client: &OptimizedS3Client, bucket: &str, prefix: &st
     let prefixes: Vec<String> = listing
         .objects
         .iter()
-        .filter_map(|o| {
-            if o.key == INVENTORY_NAME {
-                Some(String::new())
-            } else {
-                o.key.strip_suffix(&format!("/{INVENTORY_NAME}")).map(str::to_owned)
-            }
+        .filter_map(|o| match o.key.rsplit_once('/') {
+            None => is_inventory_name(&o.key).then(String::new),
+            Some((prefix, name)) => is_inventory_name(name).then(|| prefix.to_owned()),
         })
         .collect();
     let mut out: Vec<ArchiveSummary> = futures::stream::iter(prefixes)

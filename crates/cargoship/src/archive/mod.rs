@@ -2,7 +2,7 @@
 //! "suitcases" plus an inventory, restorable whole or file by file with ranged reads.
 //!
 //! Layout under `s3://bucket/prefix/`: `suitcases/s-NNNNNN.tar.zst` (tar streams compressed
-//! in independent frames) and `cargoship-inventory.json` (every entry, where its bytes are,
+//! in independent frames) and `cargoship-inventory.json.zst` (every entry, where its bytes are,
 //! its BLAKE3; uploaded last, it is the archive's commit point).
 //!
 //! Pieces: [`walk`] finds the entries, [`plan`] groups them into suitcases, [`pack`] writes

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use s3opt::OptimizedS3Client;
 
-use super::inventory::{INVENTORY_NAME, Inventory, Kind};
+use super::inventory::{INVENTORY_NAME, Inventory, Kind, PLAIN_INVENTORY_NAME};
 use super::{ArchiveError, Result, join_key};
 
 /// Decoded frames kept per reader.
@@ -28,17 +28,17 @@ pub struct ArchiveReader {
 }
 
 /// Downloads and validates the inventory of the archive at `s3://bucket/prefix`.
+/// (An archive written before inventories were compressed has a plain JSON one.)
 pub async fn fetch_inventory(client: &OptimizedS3Client, bucket: &str, prefix: &str) -> Result<Inventory> {
-    let key = join_key(prefix, INVENTORY_NAME);
-    let mut buf: Vec<u8> = Vec::new();
-    match client.get_object(bucket, &key, &mut buf).await {
-        Ok(_) => {}
-        Err(s3opt::Error::NoSuchKey { .. }) => {
-            return Err(ArchiveError::NotAnArchive(format!("s3://{bucket}/{}", prefix.trim_end_matches('/'))));
+    for name in [INVENTORY_NAME, PLAIN_INVENTORY_NAME] {
+        let mut buf: Vec<u8> = Vec::new();
+        match client.get_object(bucket, &join_key(prefix, name), &mut buf).await {
+            Ok(_) => return Inventory::from_stored(&buf),
+            Err(s3opt::Error::NoSuchKey { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
-    Inventory::from_json(&buf)
+    Err(ArchiveError::NotAnArchive(format!("s3://{bucket}/{}", prefix.trim_end_matches('/'))))
 }
 
 impl ArchiveReader {

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::codec::Codec;
-use super::inventory::{self, Entry, Frame, INVENTORY_NAME, Inventory, Kind, Skipped, Suitcase, Totals};
+use super::inventory::{
+    self, Entry, Frame, INVENTORY_NAME, Inventory, Kind, PLAIN_INVENTORY_NAME, Skipped, Suitcase, Totals,
+};
 use super::journal::{self, Journal, Settings, SuitcaseRecord};
 use super::pack::{PackProgress, Packed, RawFrame, pack};
 use super::{ArchiveError, Result, join_key, plan, walk};
@@ -180,14 +182,18 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
             if let Some(j) = other {
                 discard_journal(client, &o.bucket, &o.prefix, j).await?;
             }
-            let inv_key = join_key(&o.prefix, INVENTORY_NAME);
-            let listing = client.list(&o.bucket, &inv_key, None).await?;
+            // One listing finds either name of an inventory (the plain one is a prefix of
+            // the compressed one); the tree is walked meanwhile.
+            let plain_key = join_key(&o.prefix, PLAIN_INVENTORY_NAME);
             let root = source.clone();
-            let walked = tokio::task::spawn_blocking(move || walk::walk(&root)).await.expect("walk task")?;
-            if listing.objects.iter().any(|e| e.key == inv_key) {
+            let walking = tokio::task::spawn_blocking(move || walk::walk(&root));
+            let (listing, walked) = tokio::join!(client.list(&o.bucket, &plain_key, None), walking);
+            let (listing, walked) = (listing?, walked.expect("walk task")?);
+            let inventory_keys = [plain_key.clone(), join_key(&o.prefix, INVENTORY_NAME)];
+            if let Some(found) = listing.objects.iter().find(|e| inventory_keys.contains(&e.key)) {
                 let existing = super::reader::fetch_inventory(client, &o.bucket, &o.prefix).await?;
                 if same_tree(&existing, &walked.items) {
-                    return Ok(report_of(&existing, dest, inv_key, true, Resumed::default()));
+                    return Ok(report_of(&existing, dest, found.key.clone(), true, Resumed::default()));
                 }
                 return Err(ArchiveError::Exists(dest));
             }
@@ -276,16 +282,16 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         entries,
         skipped,
     };
-    let json = inv.to_json();
+    let stored = inv.to_stored();
     let inv_key = join_key(&o.prefix, INVENTORY_NAME);
     let inv_opts = PutOptions {
-        content_length: Some(json.len() as u64),
-        content_type: Some("application/json".into()),
+        content_length: Some(stored.len() as u64),
+        content_type: Some("application/zstd".into()),
         sse: o.put.sse.clone(),
         sse_kms_key_id: o.put.sse_kms_key_id.clone(),
         ..Default::default()
     };
-    client.put_object(&o.bucket, &inv_key, &json[..], inv_opts).await?;
+    client.put_object(&o.bucket, &inv_key, &stored[..], inv_opts).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
     journal.remove()?;
     let mut report = report_of(&inv, dest, inv_key, false, resumed);
