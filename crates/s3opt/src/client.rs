@@ -553,28 +553,32 @@ impl Engine {
                 (c.delivered, c.delivered_time)
             };
             let started = Instant::now();
-            let result = match self.hedge_after(windowed) {
-                None => attempt_fn().await,
-                Some(after) => {
-                    let first = attempt_fn();
-                    tokio::pin!(first);
-                    let mut wait = after;
-                    loop {
-                        tokio::select! {
-                            r = &mut first => break r,
-                            () = tokio::time::sleep(wait) => {
-                                if !self.is_straggler(started) {
-                                    // Late, but so is everyone: the path is slower, not this request.
-                                    wait = after / 4;
-                                    continue;
-                                }
-                                if self.take_hedge() {
-                                    tracing::debug!(op = op.name(), ?after, "hedging a straggler");
-                                    break race(first, attempt_fn()).await;
-                                }
-                                break first.await;
+            let result = if !windowed {
+                attempt_fn().await
+            } else {
+                let first = attempt_fn();
+                tokio::pin!(first);
+                loop {
+                    // The request is late past the hedge threshold. Until the client has
+                    // latency samples there is none: the first round of a run (60 pieces
+                    // of a small tree all start at once) is checked again as they arrive,
+                    // so a stalled first-round request is hedged too.
+                    let wait = match self.hedge_after(windowed) {
+                        None => HEDGE_RECHECK,
+                        Some(after) if started.elapsed() < after => after - started.elapsed(),
+                        // Late, but so is everyone: the path is slower, not this request.
+                        Some(after) if !self.is_straggler(started) => after / 4,
+                        Some(after) => {
+                            if self.take_hedge() {
+                                tracing::debug!(op = op.name(), ?after, "hedging a straggler");
+                                break race(first, attempt_fn()).await;
                             }
+                            break first.await;
                         }
+                    };
+                    tokio::select! {
+                        r = &mut first => break r,
+                        () = tokio::time::sleep(wait) => {}
                     }
                 }
             };
@@ -638,7 +642,7 @@ impl Engine {
     /// latency and the RFC 6298 timeout is hedged if it is also behind its peers
     /// ([`Engine::is_straggler`]).
     fn hedge_after(&self, windowed: bool) -> Option<std::time::Duration> {
-        if !windowed || self.metrics.data_requests() < 20 {
+        if !windowed || self.metrics.data_requests() < HEDGE_MIN_SAMPLES {
             return None;
         }
         let c = self.control.lock().expect("control lock");
@@ -822,6 +826,10 @@ impl Engine {
 
 /// Hedged requests may be at most this fraction of data requests.
 const HEDGE_BUDGET: f64 = 0.05;
+/// Data requests finished before any is hedged (the latency estimate needs them).
+const HEDGE_MIN_SAMPLES: u64 = 20;
+/// How often a request started before the latency estimate existed checks for it.
+const HEDGE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 /// Target duration of one ranged GET of a download (see [`Engine::range_size`]).
 const RANGE_SECS: f64 = 1.0;
 /// Ranged GETs of a download before any request has been measured.

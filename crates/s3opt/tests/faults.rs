@@ -195,3 +195,21 @@ async fn stalled_requests_are_hedged_within_a_five_percent_budget() {
     assert!(m.hedges as f64 <= 0.05 * m.requests_by_op["GetObject"] as f64 + 1.0, "{} hedges", m.hedges);
     assert!(elapsed < stalls as f64 * 5.0, "{elapsed:.1} s for {stalls} stalls of 5 s: hedging saved time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stalled_in_the_first_round_is_hedged_once_latency_is_known() {
+    // 40 PUTs start together, before the client has any latency sample; the first one
+    // stalls for 30 s. Once the others have finished, it is a straggler and is hedged.
+    let (_d, _s, emu, client) = via_emulator("[faults]\nstall_first = 1\nstall_secs = 30.0").await;
+    let client = &client;
+    let started = std::time::Instant::now();
+    futures::future::join_all((0..40u64).map(|i| async move {
+        let body = data(64 * 1024, i);
+        client.put_object(BUCKET, &format!("round/{i}"), &body[..], PutOptions::default()).await.unwrap();
+    }))
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(emu.report().totals.stalls_injected, 1);
+    assert_eq!(client.metrics().hedges, 1, "the stalled PUT was hedged, nothing else");
+    assert!(secs < 10.0, "{secs:.1} s: the stall of 30 s was not waited out");
+}

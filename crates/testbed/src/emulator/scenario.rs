@@ -72,6 +72,10 @@ pub struct Faults {
     /// Also reset the first N requests after (re)start, deterministically (tests).
     #[serde(default)]
     pub reset_first: u64,
+    /// Also stall (for `stall_secs`) the first N requests after (re)start that are not
+    /// reset, deterministically (tests).
+    #[serde(default)]
+    pub stall_first: u64,
     /// Key prefixes (`bucket/key-prefix`, matched against the start of `bucket/key`) whose
     /// object requests all fail outright with `fail_status`: a prefix that is down.
     #[serde(default)]
@@ -99,6 +103,7 @@ impl Default for Faults {
             corrupt_rate: 0.0,
             corrupt_first: 0,
             reset_first: 0,
+            stall_first: 0,
             fail_prefixes: Vec::new(),
             fail_status: default_fail_status(),
         }
