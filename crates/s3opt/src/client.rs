@@ -563,7 +563,7 @@ impl Engine {
                     // latency samples there is none: the first round of a run (60 pieces
                     // of a small tree all start at once) is checked again as they arrive,
                     // so a stalled first-round request is hedged too.
-                    let wait = match self.hedge_after(windowed) {
+                    let wait = match self.hedge_after() {
                         None => HEDGE_RECHECK,
                         Some(after) if started.elapsed() < after => after - started.elapsed(),
                         // Late, but so is everyone: the path is slower, not this request.
@@ -637,12 +637,12 @@ impl Engine {
         }
     }
 
-    /// How long a data request may run before a duplicate is sent (`None`: no hedging yet,
-    /// too few samples, or not a data request). A request past both twice the smoothed
+    /// How long a data request may run before a duplicate is sent (`None`: too few samples
+    /// yet for a latency estimate). A request past both twice the smoothed
     /// latency and the RFC 6298 timeout is hedged if it is also behind its peers
     /// ([`Engine::is_straggler`]).
-    fn hedge_after(&self, windowed: bool) -> Option<std::time::Duration> {
-        if !windowed || self.metrics.data_requests() < HEDGE_MIN_SAMPLES {
+    fn hedge_after(&self) -> Option<std::time::Duration> {
+        if self.metrics.data_requests() < HEDGE_MIN_SAMPLES {
             return None;
         }
         let c = self.control.lock().expect("control lock");

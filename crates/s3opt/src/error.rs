@@ -75,10 +75,18 @@ impl Error {
             Error::NoSuchKey { .. } => Error::NoSuchKey { bucket: bucket.into(), key: key.into() },
             Error::NoSuchBucket { .. } => Error::NoSuchBucket { bucket: bucket.into() },
             Error::Integrity { detail, .. } => Error::Integrity { bucket: bucket.into(), key: key.into(), detail },
+            other => other,
+        }
+    }
+
+    /// [`Error::with_object`] for a download, whose ranged GETs are pinned with `If-Match`
+    /// to one version: S3's 412 means the object was replaced meanwhile.
+    pub(crate) fn with_downloaded_object(self, bucket: &str, key: &str) -> Self {
+        match self {
             Error::Service { status: 412, message, .. } => {
                 Error::Changed { bucket: bucket.into(), key: key.into(), detail: message }
             }
-            other => other,
+            other => other.with_object(bucket, key),
         }
     }
 }

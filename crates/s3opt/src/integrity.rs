@@ -120,7 +120,7 @@ impl Algorithm {
         let (mut p, mut n, mut k) = (1u64 << (width - 1), n, 3usize);
         while n != 0 {
             if n & 1 != 0 {
-                p = self.mul_mod(table[k % 64], p);
+                p = self.mul_mod(table[k], p);
             }
             n >>= 1;
             k += 1;
@@ -128,13 +128,14 @@ impl Algorithm {
         p
     }
 
-    /// `x^(2^k) mod P` for k in 0..64, computed once per algorithm.
-    fn x_pow_2k(self) -> &'static [u64; 64] {
+    /// `x^(2^k) mod P` for k in 0..67 (a length of up to 2^64 bytes is 2^67 bits),
+    /// computed once per algorithm.
+    fn x_pow_2k(self) -> &'static [u64; 67] {
         use std::sync::OnceLock;
-        static TABLES: [OnceLock<[u64; 64]>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        static TABLES: [OnceLock<[u64; 67]>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         TABLES[self as usize].get_or_init(|| {
             let (width, _) = self.shape();
-            let mut table = [0u64; 64];
+            let mut table = [0u64; 67];
             let mut p = 1u64 << (width - 2); // x^1
             for entry in &mut table {
                 *entry = p;

@@ -73,9 +73,7 @@ impl BufferPool {
         };
         PooledBuf { buf: Some(buf), permit: Some(permit), cache: self.cache.clone() }
     }
-}
 
-impl BufferPool {
     /// Reserves `size` bytes of the budget (clamped to it) without a buffer, for data held
     /// in buffers of someone else's (a response's chunks on their way to a file), waiting
     /// while the budget is spent. The bytes return to the pool when the permit is dropped.

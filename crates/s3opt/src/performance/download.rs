@@ -129,7 +129,8 @@ async fn fetch_steering(
 
 async fn fetch_pooled(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<PooledBuf> {
     let mut buf = engine.pool.acquire(len).await;
-    let data = fetch(engine, bucket, key, offset, len, buf.take()).await.map_err(|e| e.with_object(bucket, key))?;
+    let data =
+        fetch(engine, bucket, key, offset, len, buf.take()).await.map_err(|e| e.with_downloaded_object(bucket, key))?;
     buf.put(data);
     Ok(buf)
 }
@@ -344,7 +345,7 @@ async fn fetch_to_file(
             }
         })
         .await
-        .map_err(|e| e.with_object(bucket, key))
+        .map_err(|e| e.with_downloaded_object(bucket, key))
 }
 
 pub(crate) async fn get_object_to_file(
@@ -408,7 +409,7 @@ pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, off
     let mut fetches =
         std::pin::pin!(in_order(engine, offset, end, |off, len| fetch(engine, bucket, key, off, len, BytesMut::new())));
     while let Some(piece) = fetches.next().await {
-        out.extend_from_slice(&piece.map_err(|e| e.with_object(bucket, key))?);
+        out.extend_from_slice(&piece.map_err(|e| e.with_downloaded_object(bucket, key))?);
     }
     Ok(out.freeze())
 }
@@ -431,7 +432,7 @@ async fn range_error(engine: &Engine, bucket: &str, key: &str, offset: u64, err:
             Err(e) => e,
         },
         Error::NoSuchKey { .. } => engine.missing_bucket_or_key(bucket, key).await,
-        other => other.with_object(bucket, key),
+        other => other.with_downloaded_object(bucket, key),
     }
 }
 
