@@ -180,8 +180,9 @@ pub struct SurveyArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Layout: s3://bucket/prefix/suitcases/s-NNNNNN.tar.zst (tar compressed in independent frames: any
-file can be read back with ranged GETs; each suitcase is also a plain .tar.zst) and
+Layout: s3://bucket/prefix/suitcases/s-RUN-NNNNNN.tar.zst (RUN: an id per run; tar compressed in
+independent frames: any file can be read back with ranged GETs; each suitcase is also a plain
+.tar.zst) and
 s3://bucket/prefix/cargoship-inventory.json.zst (zstd-compressed JSON), written last: the
 archive exists once it does.
 

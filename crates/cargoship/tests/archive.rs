@@ -13,13 +13,13 @@ use cargoship::archive::ship::{ShipOptions, ShipProgress, ship};
 use cargoship::archive::walk::walk;
 use cargoship::archive::{ArchiveError, ArchiveReader};
 use s3opt::{ClientConfig, OptimizedS3Client, PutOptions};
-use testbed::{EmbeddedServer, ServerConfig};
+use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
 
 const MIB: u64 = 1 << 20;
 
 struct Env {
     dir: tempfile::TempDir,
-    _server: EmbeddedServer,
+    server: EmbeddedServer,
     client: OptimizedS3Client,
 }
 
@@ -27,16 +27,21 @@ async fn start() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let server = EmbeddedServer::start(ServerConfig::ephemeral(dir.path().join("store"))).await.unwrap();
     server.create_bucket("bucket").unwrap();
+    let client = client_for(&server, server.endpoint_url()).await;
+    Env { dir, server, client }
+}
+
+/// A client of `server`'s store that talks to `endpoint` (the server, or an emulator in front).
+async fn client_for(server: &EmbeddedServer, endpoint: String) -> OptimizedS3Client {
     let cfg = ClientConfig {
-        endpoint_url: Some(server.endpoint_url()),
+        endpoint_url: Some(endpoint),
         region: Some("us-east-1".into()),
         credentials: Some((server.config().access_key.clone(), server.config().secret_key.clone())),
         part_size: 5 * MIB,
         memory_budget: 64 * MIB,
         ..ClientConfig::default()
     };
-    let client = OptimizedS3Client::new(cfg).await.unwrap();
-    Env { dir, _server: server, client }
+    OptimizedS3Client::new(cfg).await.unwrap()
 }
 
 fn options(env: &Env, source: &Path, prefix: &str) -> ShipOptions {
@@ -362,4 +367,101 @@ async fn the_inventory_is_stored_compressed_and_plain_inventories_are_still_read
         .unwrap();
     let err = ArchiveReader::open(env.client.clone(), "bucket", "bad").await.err().unwrap();
     assert!(matches!(err, ArchiveError::Inventory(_)) && err.to_string().contains("decompress"), "{err}");
+}
+
+/// Every object key under `prefix/`.
+async fn keys_under(env: &Env, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = env
+        .client
+        .list("bucket", &format!("{prefix}/"), None)
+        .await
+        .unwrap()
+        .objects
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// A tree of `n` 64 KiB files (a small tree: it ships as pieces).
+fn small_tree(env: &Env, name: &str, seed: u64, n: u64) -> PathBuf {
+    let src = env.dir.path().join(name);
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..n {
+        std::fs::write(src.join(format!("f{i:03}")), data(seed + i, 64 << 10)).unwrap();
+    }
+    src
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_tree_goes_up_while_the_destination_is_checked_and_leaves_nothing_when_it_is_taken() {
+    let env = start().await;
+    let first = small_tree(&env, "first", 1, 40);
+    let o = options(&env, &first, "taken");
+    ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    let before = keys_under(&env, "taken").await;
+    assert!(before.iter().filter(|k| k.contains("/suitcases/s-")).count() > 4, "shipped as pieces: {before:?}");
+
+    // Another tree to the same place, through a link that holds the existence check (the
+    // run's first request) for 1.5 s: every piece goes up meanwhile, then the check finds
+    // the archive, the run is refused, and what it sent is deleted again.
+    let scenario = Scenario::parse("name = \"t\"\n[faults]\nstall_first = 1\nstall_secs = 1.5").unwrap();
+    let emu = Emulator::start(scenario, "127.0.0.1:0".parse().unwrap(), &env.server.endpoint_url()).await.unwrap();
+    let slow = client_for(&env.server, emu.endpoint_url()).await;
+    let second = small_tree(&env, "second", 100, 40);
+    let err = ship(&slow, &options(&env, &second, "taken"), Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Exists(_)), "{err}");
+    assert_eq!(emu.report().totals.stalls_injected, 1);
+    assert!(
+        slow.bytes_sent() * 2 > 40 * (64 << 10),
+        "the pieces went up before the answer: {} bytes",
+        slow.bytes_sent()
+    );
+    assert_eq!(keys_under(&env, "taken").await, before, "the existing archive is untouched, nothing stray is left");
+    let reader = ArchiveReader::open(env.client.clone(), "bucket", "taken").await.unwrap();
+    let out = env.dir.path().join("out");
+    restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_same_tree(&first, &out);
+    assert!(!env.dir.path().join("state/journals").read_dir().unwrap().any(|_| true), "no journal left");
+
+    // The first tree again, from a machine that has not shipped it (no local record): the
+    // pieces race the check, and the archive is found to hold this very tree.
+    std::fs::remove_dir_all(env.dir.path().join("state/shipped")).unwrap();
+    let again = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    assert!(again.up_to_date, "{again:?}");
+    assert_eq!(keys_under(&env, "taken").await, before);
+    // Recorded now: a third run asks first and sends nothing.
+    let sent = env.client.bytes_sent();
+    assert!(ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap().up_to_date);
+    assert_eq!(env.client.bytes_sent(), sent, "nothing sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_ship_does_not_resume_over_an_archive_written_since() {
+    use cargoship::archive::journal::{Journal, Settings, dir_for};
+    let env = start().await;
+    let mine = small_tree(&env, "mine", 1, 8);
+    let o = options(&env, &mine, "place");
+    // A run of `mine` to s3://bucket/place was interrupted before it sent anything...
+    let source = std::fs::canonicalize(&mine).unwrap().to_str().unwrap().to_owned();
+    let settings = Settings {
+        source: source.clone(),
+        destination: "s3://bucket/place".into(),
+        codec: o.codec,
+        level: o.level,
+        suitcase_size: o.suitcase_size,
+        frame_size: o.frame_size,
+    };
+    let dir = dir_for(&o.state_dir, &source, &settings.destination);
+    Journal::create(&dir, settings, vec![walk(&mine).unwrap().items], vec![]).unwrap();
+    // ...and meanwhile another tree was shipped there.
+    let theirs = small_tree(&env, "theirs", 50, 8);
+    ship(&env.client, &options(&env, &theirs, "place"), Arc::new(ShipProgress::default())).await.unwrap();
+    let before = keys_under(&env, "place").await;
+
+    let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(err.to_string().contains("another archive was written at s3://bucket/place"), "{err}");
+    assert_eq!(keys_under(&env, "place").await, before, "their archive is untouched");
+    assert!(Journal::open(&dir).unwrap().is_some(), "the interrupted run is kept for --no-resume");
 }

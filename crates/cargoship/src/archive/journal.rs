@@ -31,6 +31,10 @@ pub struct Settings {
 struct PlanFile {
     settings: Settings,
     created: String,
+    /// Names this run's suitcases apart from any other run's (empty in journals written
+    /// before runs had one: their suitcases have the plain names).
+    #[serde(default)]
+    run: String,
     plan: Vec<Vec<Item>>,
     skipped: Vec<Skipped>,
 }
@@ -84,6 +88,8 @@ pub struct Journal {
     pub settings: Settings,
     /// When the run began (RFC 3339).
     pub created: String,
+    /// The run's id, part of its suitcases' names (see [`PlanFile`]).
+    pub run: String,
     pub plan: Vec<Vec<Item>>,
     /// Skipped by the walk.
     pub skipped: Vec<Skipped>,
@@ -110,6 +116,34 @@ pub fn dir_for(state: &Path, source: &str, destination: &str) -> PathBuf {
     state.join("journals").join(&id.as_str()[..16])
 }
 
+/// Where a finished ship of (source, destination) is remembered, so that shipping it again
+/// checks the destination before sending anything.
+pub fn shipped_marker(state: &Path, source: &str, destination: &str) -> PathBuf {
+    let journal = dir_for(state, source, destination);
+    let name = journal.file_name().expect("a journal directory has a name").to_owned();
+    state.join("shipped").join(name)
+}
+
+/// Records that (source, destination) was shipped (best effort: only an optimisation hangs
+/// on it).
+pub fn mark_shipped(state: &Path, source: &str, destination: &str) {
+    let marker = shipped_marker(state, source, destination);
+    let written = marker
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&marker, format!("{source}\n{destination}\n")));
+    if let Err(err) = written {
+        tracing::debug!(%err, marker = %marker.display(), "could not record the finished ship");
+    }
+}
+
+/// 12 hex digits, different for every run: the clock, the process and the journal's place.
+fn new_run_id(dir: &Path, now: std::time::SystemTime) -> String {
+    let nanos = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    let seed = format!("{nanos} {} {}", std::process::id(), dir.display());
+    blake3::hash(seed.as_bytes()).to_hex()[..12].to_owned()
+}
+
 impl Journal {
     fn err(dir: &Path, detail: impl std::fmt::Display) -> ArchiveError {
         ArchiveError::Journal { path: dir.to_owned(), detail: detail.to_string() }
@@ -118,8 +152,10 @@ impl Journal {
     /// Starts a journal for a new run.
     pub fn create(dir: &Path, settings: Settings, plan: Vec<Vec<Item>>, skipped: Vec<Skipped>) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Self::err(dir, e))?;
-        let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let file = PlanFile { settings, created, plan, skipped };
+        let now = std::time::SystemTime::now();
+        let created = humantime::format_rfc3339_seconds(now).to_string();
+        let run = new_run_id(dir, now);
+        let file = PlanFile { settings, created, run, plan, skipped };
         let tmp = dir.join("plan.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&file).expect("plan serializes")).map_err(|e| Self::err(dir, e))?;
         let _ = std::fs::remove_file(dir.join("events.jsonl"));
@@ -181,6 +217,7 @@ impl Journal {
             log: Mutex::new(log),
             settings: file.settings,
             created: file.created,
+            run: file.run,
             plan: file.plan,
             skipped: file.skipped,
             state,
@@ -281,6 +318,7 @@ mod tests {
             .unwrap();
         let again = Journal::open(dir.path()).unwrap().unwrap();
         assert_eq!(again.settings, settings);
+        assert_eq!((again.run.len(), &again.run), (12, &j.run), "the run id is kept");
         assert_eq!(again.state[1].upload_id.as_deref(), Some("u-1"));
         assert_eq!(again.state[1].key.as_deref(), Some("s1"));
         assert_eq!(again.state[1].parts, [part]);
@@ -292,5 +330,14 @@ mod tests {
         drop(again);
         third.remove().unwrap();
         assert!(Journal::open(dir.path()).unwrap().is_none());
+
+        // Another run at the same place gets another id; a journal from before run ids has none.
+        let other = Journal::create(dir.path(), settings.clone(), vec![vec![]], vec![]).unwrap();
+        assert_ne!(other.run, j.run);
+        let plan = dir.path().join("plan.json");
+        let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("run");
+        std::fs::write(&plan, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(Journal::open(dir.path()).unwrap().unwrap().run, "");
     }
 }

@@ -1,8 +1,8 @@
 //! CargoShip archives: a directory shipped as size-capped, compressed, seekable
 //! "suitcases" plus an inventory, restorable whole or file by file with ranged reads.
 //!
-//! Layout under `s3://bucket/prefix/`: `suitcases/s-NNNNNN.tar.zst` (tar streams compressed
-//! in independent frames) and `cargoship-inventory.json.zst` (every entry, where its bytes are,
+//! Layout under `s3://bucket/prefix/`: `suitcases/s-RUN-NNNNNN.tar.zst` (tar streams
+//! compressed in independent frames; RUN, an id per run, keeps runs off each other's keys) and `cargoship-inventory.json.zst` (every entry, where its bytes are,
 //! its BLAKE3; uploaded last, it is the archive's commit point).
 //!
 //! Pieces: [`walk`] finds the entries, [`plan`] groups them into suitcases, [`pack`] writes

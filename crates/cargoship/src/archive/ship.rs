@@ -108,12 +108,15 @@ fn source_of(o: &ShipOptions) -> Result<(PathBuf, String)> {
     Ok((source, text))
 }
 
-fn suitcase_name(o: &ShipOptions, index: usize) -> String {
-    format!("s-{index:06}.{}", o.codec.extension())
+/// A suitcase's name: `s-RUN-NNNNNN.ext` (`s-NNNNNN.ext` for a journal from before run ids).
+/// The run id keeps a run from ever overwriting another run's suitcases.
+fn suitcase_name(codec: Codec, run: &str, index: usize) -> String {
+    let ext = codec.extension();
+    if run.is_empty() { format!("s-{index:06}.{ext}") } else { format!("s-{run}-{index:06}.{ext}") }
 }
 
-fn suitcase_key(o: &ShipOptions, index: usize) -> String {
-    format!("suitcases/{}", suitcase_name(o, index))
+fn suitcase_key(codec: Codec, run: &str, index: usize) -> String {
+    format!("suitcases/{}", suitcase_name(codec, run, index))
 }
 
 /// `full` (an object key) relative to the archive prefix.
@@ -122,17 +125,29 @@ fn relative_key(prefix: &str, full: &str) -> String {
     if p.is_empty() { full.to_owned() } else { full.strip_prefix(&format!("{p}/")).unwrap_or(full).to_owned() }
 }
 
-/// The coordinator that spreads `suitcases` over key prefixes, if spreading applies:
-/// `suitcases/00/` .. `suitcases/e0/` (hex, evenly over the first byte) under the archive.
-fn coordinator_for(client: &OptimizedS3Client, o: &ShipOptions, suitcases: usize) -> Option<PipelineCoordinator> {
+/// How many key prefixes a plan's suitcases are spread over (`None`: not spread). A small
+/// tree's pieces are too few and too small for prefix limits to matter, and the
+/// coordinator's per-prefix slow start held 40 pieces on lossy to 5-7 in flight (4.0 s
+/// instead of 2.8 s): they are spread only when asked (--prefixes). Small suitcases the
+/// user asked for (--suitcase-size) are not pieces.
+fn spread_over(o: &ShipOptions, plan: &[Vec<walk::Item>]) -> Option<usize> {
+    let auto_pieces = plan::is_pieces(plan) && o.suitcase_size > plan::MAX_PIECE;
     let n = match o.prefixes {
-        0 if suitcases >= AUTO_PREFIXES => AUTO_PREFIXES,
+        0 if !auto_pieces && plan.len() >= AUTO_PREFIXES => AUTO_PREFIXES,
         0 => return None,
         n => n.min(256),
     };
-    if n < 2 {
-        return None;
-    }
+    (n >= 2).then_some(n)
+}
+
+/// The coordinator that spreads a plan's suitcases over key prefixes, if spreading applies:
+/// `suitcases/00/` .. `suitcases/e0/` (hex, evenly over the first byte) under the archive.
+fn coordinator_for(
+    client: &OptimizedS3Client,
+    o: &ShipOptions,
+    plan: &[Vec<walk::Item>],
+) -> Option<PipelineCoordinator> {
+    let n = spread_over(o, plan)?;
     let cfg = CoordinationConfig { strategy: o.strategy, ..CoordinationConfig::default() };
     let coordinator = match PipelineCoordinator::new(cfg) {
         Ok(c) => c,
@@ -162,8 +177,13 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         suitcase_size: o.suitcase_size,
         frame_size: o.frame_size,
     };
-    let existing = Journal::open(&dir)?;
-    let journal = match existing {
+    // Whether the destination already holds an archive is asked at once. The answer is
+    // awaited before anything is sent, except for a small tree shipped from here for the
+    // first time: its pieces go up while the answer comes (it costs a round trip before the
+    // first PUT, a tenth of such a ship on a 60 ms path), and the run id in their names
+    // keeps them off any other archive's suitcases.
+    let look = tokio::spawn(inventory_at(client.clone(), o.bucket.clone(), o.prefix.clone()));
+    let (journal, racing) = match Journal::open(&dir)? {
         Some(j) if o.resume => {
             if j.settings != settings {
                 return Err(ArchiveError::Usage(format!(
@@ -175,31 +195,31 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                     j.settings.frame_size
                 )));
             }
+            if let Some(key) = settled(look.await)? {
+                return found_on_resume(client, o, dest, key, j).await;
+            }
             tracing::info!(dir = %dir.display(), "resuming an interrupted ship");
-            j
+            (j, None)
         }
         other => {
             if let Some(j) = other {
-                discard_journal(client, &o.bucket, &o.prefix, j).await?;
+                discard_journal(client, o, j).await?;
             }
-            // One listing finds either name of an inventory (the plain one is a prefix of
-            // the compressed one); the tree is walked meanwhile.
-            let plain_key = join_key(&o.prefix, PLAIN_INVENTORY_NAME);
             let root = source.clone();
-            let walking = tokio::task::spawn_blocking(move || walk::walk(&root));
-            let (listing, walked) = tokio::join!(client.list(&o.bucket, &plain_key, None), walking);
-            let (listing, walked) = (listing?, walked.expect("walk task")?);
-            let inventory_keys = [plain_key.clone(), join_key(&o.prefix, INVENTORY_NAME)];
-            if let Some(found) = listing.objects.iter().find(|e| inventory_keys.contains(&e.key)) {
-                let existing = super::reader::fetch_inventory(client, &o.bucket, &o.prefix).await?;
-                if same_tree(&existing, &walked.items) {
-                    return Ok(report_of(&existing, dest, found.key.clone(), true, Resumed::default()));
-                }
-                return Err(ArchiveError::Exists(dest));
-            }
+            let walked = tokio::task::spawn_blocking(move || walk::walk(&root)).await.expect("walk task")?;
             let cap = plan::effective_cap(&walked.items, o.suitcase_size, o.parallel);
             let plan = plan::plan(walked.items, cap);
-            Journal::create(&dir, settings, plan, walked.skipped)?
+            let shipped_before = journal::shipped_marker(&o.state_dir, &settings.source, &dest).exists();
+            let race = plan::is_pieces(&plan) && spread_over(o, &plan).is_none() && !shipped_before;
+            let racing = if race {
+                Some(look)
+            } else {
+                if let Some(key) = settled(look.await)? {
+                    return archive_found(client, o, dest, key, &plan.concat()).await;
+                }
+                None
+            };
+            (Journal::create(&dir, settings, plan, walked.skipped)?, racing)
         }
     };
     let journal = Arc::new(journal);
@@ -214,13 +234,8 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     }
 
     let n = journal.plan.len();
-    // A small tree's pieces are too few and too small for prefix limits to matter, and the
-    // coordinator's per-prefix slow start held 40 pieces on lossy to 5-7 in flight (4.0 s
-    // instead of 2.8 s): they are spread over prefixes only when asked (--prefixes). Small
-    // suitcases the user asked for (--suitcase-size) are not pieces.
     let pieces = plan::is_pieces(&journal.plan);
-    let auto_pieces = pieces && o.suitcase_size > plan::MAX_PIECE;
-    let coordinator = coordinator_for(client, o, if auto_pieces { 0 } else { n });
+    let coordinator = coordinator_for(client, o, &journal.plan);
     let coord = coordinator.as_ref();
     // `parallel` suitcases are packed at once; a suitcase whose data is all handed to the
     // uploader frees its packing slot, so the next one starts while its last parts and
@@ -229,7 +244,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     // A small tree's pieces are single PUTs of a few MiB: they go up side by side.
     let uploads_at_once =
         if pieces { (2 * plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1)) } else { 2 * o.parallel.max(1) };
-    let results: Vec<Result<(usize, SuitcaseRecord, Resumed)>> = futures::stream::iter(0..n)
+    let uploading = futures::stream::iter(0..n)
         .map(|i| {
             let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
             let packers = packers.clone();
@@ -238,14 +253,28 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
             }
         })
         .buffer_unordered(uploads_at_once)
-        .collect()
-        .await;
+        .collect::<Vec<Result<(usize, SuitcaseRecord, Resumed)>>>();
+    let results = match racing {
+        None => uploading.await,
+        Some(look) => match race(uploading, look).await {
+            Ok(results) => results,
+            Err(found) => {
+                // The destination holds an archive (or could not be checked): what this run
+                // sent meanwhile goes, and the journal with it.
+                let journal = Arc::try_unwrap(journal).expect("the uploads are stopped");
+                let items = journal.plan.concat();
+                let reopened = Journal::open(&dir)?.unwrap_or(journal);
+                discard_journal(client, o, reopened).await?;
+                return archive_found(client, o, dest, found?, &items).await;
+            }
+        },
+    };
     if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
         // --strict stopped the run: leave nothing behind (no uploads, no suitcases, no journal).
         let err = results.into_iter().nth(pos).expect("position is valid").expect_err("an error");
         let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
         let reopened = Journal::open(&dir)?.unwrap_or(journal);
-        discard_journal(client, &o.bucket, &o.prefix, reopened).await?;
+        discard_journal(client, o, reopened).await?;
         return Err(err);
     }
     let mut records: Vec<Option<SuitcaseRecord>> = vec![None; n];
@@ -293,7 +322,9 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     };
     client.put_object(&o.bucket, &inv_key, &stored[..], inv_opts).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
+    let shipped = journal.settings.source.clone();
     journal.remove()?;
+    journal::mark_shipped(&o.state_dir, &shipped, &dest);
     let mut report = report_of(&inv, dest, inv_key, false, resumed);
     if let Some(c) = coordinator {
         report.coordination = Some(c.metrics());
@@ -326,6 +357,86 @@ fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date
         prefixes: Vec::new(),
         coordination: None,
     }
+}
+
+/// The key of the inventory at `prefix`, if there is one. One listing finds either name
+/// (the plain one is a prefix of the compressed one).
+async fn inventory_at(client: OptimizedS3Client, bucket: String, prefix: String) -> Result<Option<String>> {
+    let plain = join_key(&prefix, PLAIN_INVENTORY_NAME);
+    let names = [plain.clone(), join_key(&prefix, INVENTORY_NAME)];
+    let listing = client.list(&bucket, &plain, None).await?;
+    Ok(listing.objects.into_iter().map(|e| e.key).find(|k| names.contains(k)))
+}
+
+/// The answer of [`inventory_at`]'s task.
+fn settled(joined: std::result::Result<Result<Option<String>>, tokio::task::JoinError>) -> Result<Option<String>> {
+    joined.expect("the destination check does not panic")
+}
+
+/// Runs `uploads` while the destination is checked; stops them (by dropping them) as soon
+/// as the check finds an inventory at `Err(Ok(key))` or fails (`Err(Err(e))`).
+async fn race<T>(
+    uploads: impl std::future::Future<Output = T>,
+    mut look: JoinHandle<Result<Option<String>>>,
+) -> std::result::Result<T, Result<String>> {
+    let mut uploads = std::pin::pin!(uploads);
+    let (done, found) = tokio::select! {
+        found = &mut look => (None, settled(found)),
+        done = &mut uploads => (Some(done), settled(look.await)),
+    };
+    match found {
+        Ok(None) => Ok(match done {
+            Some(done) => done,
+            None => uploads.await,
+        }),
+        Ok(Some(key)) => Err(Ok(key)),
+        Err(e) => Err(Err(e)),
+    }
+}
+
+/// An archive is at the destination: shipping the same tree again has nothing to do; any
+/// other tree is refused.
+async fn archive_found(
+    client: &OptimizedS3Client,
+    o: &ShipOptions,
+    dest: String,
+    key: String,
+    items: &[walk::Item],
+) -> Result<ShipReport> {
+    let existing = super::reader::fetch_inventory(client, &o.bucket, &o.prefix).await?;
+    if !same_tree(&existing, items) {
+        return Err(ArchiveError::Exists(dest));
+    }
+    let (_, source) = source_of(o)?;
+    journal::mark_shipped(&o.state_dir, &source, &dest);
+    Ok(report_of(&existing, dest, key, true, Resumed::default()))
+}
+
+/// An inventory turned up at the destination of an interrupted run: its own (committed just
+/// before the run was stopped: nothing left to do) or another run's (refused; the journal
+/// stays for `--no-resume` to discard).
+async fn found_on_resume(
+    client: &OptimizedS3Client,
+    o: &ShipOptions,
+    dest: String,
+    key: String,
+    j: Journal,
+) -> Result<ShipReport> {
+    let existing = super::reader::fetch_inventory(client, &o.bucket, &o.prefix).await?;
+    let ours = j
+        .state
+        .iter()
+        .filter_map(|s| s.done.as_ref())
+        .any(|d| existing.suitcases.iter().any(|s| s.key == d.suitcase.key));
+    if !ours {
+        return Err(ArchiveError::Usage(format!(
+            "another archive was written at {dest} since this ship was interrupted; ship to another prefix, or add --no-resume to discard the interrupted run"
+        )));
+    }
+    let source = j.settings.source.clone();
+    j.remove()?;
+    journal::mark_shipped(&o.state_dir, &source, &dest);
+    Ok(report_of(&existing, dest, key, true, Resumed::default()))
 }
 
 /// Whether an archive holds exactly the tree as walked now (names, kinds, sizes, times,
@@ -369,17 +480,17 @@ async fn ship_suitcase(
             let estimate = journal.plan[index].iter().map(|i| i.size).sum();
             match c.acquire(estimate).await {
                 Ok(l) => {
-                    let full = l.key(&suitcase_name(o, index));
+                    let full = l.key(&suitcase_name(o.codec, &journal.run, index));
                     lease = Some(l);
                     relative_key(&o.prefix, &full)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "coordinator unavailable; suitcase goes under the plain prefix");
-                    suitcase_key(o, index)
+                    suitcase_key(o.codec, &journal.run, index)
                 }
             }
         }
-        (None, None) => suitcase_key(o, index),
+        (None, None) => suitcase_key(o.codec, &journal.run, index),
     };
     let resume = state.upload_id.clone().map(|upload_id| ResumePoint { upload_id, parts: state.parts.clone() });
     let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone(), packers).await;
@@ -538,11 +649,17 @@ pub async fn discard(client: &OptimizedS3Client, o: &ShipOptions) -> Result<Disc
     let Some(j) = Journal::open(&dir)? else {
         return Err(ArchiveError::Usage(format!("nothing to discard: no interrupted ship of {source_text} to {dest}")));
     };
-    discard_journal(client, &o.bucket, &o.prefix, j).await
+    discard_journal(client, o, j).await
 }
 
-async fn discard_journal(client: &OptimizedS3Client, bucket: &str, prefix: &str, j: Journal) -> Result<Discarded> {
+/// Removes what a run sent (its finished suitcases, its open uploads) and its journal. A
+/// single PUT cut off mid-flight may still have landed unrecorded, so every suitcase key
+/// the run planned is deleted too (when its keys carry a run id: plain names could be
+/// another run's).
+async fn discard_journal(client: &OptimizedS3Client, o: &ShipOptions, j: Journal) -> Result<Discarded> {
+    let (bucket, prefix) = (&o.bucket, &o.prefix);
     let mut out = Discarded::default();
+    let mut deletes: Vec<String> = Vec::new();
     for state in &j.state {
         let key = match (&state.done, &state.key) {
             (Some(done), _) => join_key(prefix, &done.suitcase.key),
@@ -550,7 +667,7 @@ async fn discard_journal(client: &OptimizedS3Client, bucket: &str, prefix: &str,
             (None, None) => continue,
         };
         if state.done.is_some() {
-            client.delete(bucket, &key).await?;
+            deletes.push(key);
             out.deleted_suitcases += 1;
         } else if let Some(id) = &state.upload_id {
             match client.abort_multipart_upload(bucket, &key, id).await {
@@ -561,6 +678,14 @@ async fn discard_journal(client: &OptimizedS3Client, bucket: &str, prefix: &str,
             }
         }
     }
+    if !j.run.is_empty() {
+        let recorded: std::collections::HashSet<String> = deletes.iter().cloned().collect();
+        let planned = (0..j.plan.len()).map(|i| join_key(prefix, &suitcase_key(j.settings.codec, &j.run, i)));
+        deletes.extend(planned.filter(|k| !recorded.contains(k)));
+    }
+    let deleted: Vec<s3opt::Result<()>> =
+        futures::stream::iter(&deletes).map(|key| client.delete(bucket, key)).buffer_unordered(16).collect().await;
+    deleted.into_iter().collect::<s3opt::Result<Vec<()>>>()?;
     j.remove()?;
     Ok(out)
 }
