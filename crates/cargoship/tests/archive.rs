@@ -253,6 +253,14 @@ async fn shipping_to_a_missing_bucket_fails_clearly_and_leaves_no_journal() {
     let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
     assert!(matches!(err, ArchiveError::S3(s3opt::Error::NoSuchBucket { .. })), "{err}");
     assert!(!env.dir.path().join("state/journals").exists());
+    // A small tree's pieces start before the bucket is known to be missing: the same error,
+    // and nothing left either.
+    let tree = small_tree(&env, "tree", 1, 40);
+    let o = ShipOptions { bucket: "no-such-bucket".into(), ..options(&env, &tree, "p") };
+    let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::S3(s3opt::Error::NoSuchBucket { .. })), "{err}");
+    let journals = env.dir.path().join("state/journals");
+    assert!(!journals.exists() || journals.read_dir().unwrap().next().is_none(), "no journal left");
 
     let o = ShipOptions { source: env.dir.path().join("missing"), ..options(&env, &src, "p") };
     let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();

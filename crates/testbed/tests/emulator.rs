@@ -150,6 +150,18 @@ async fn stalls_pause_a_body_and_errors_answer_500() {
     assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
     assert_eq!(env.emu.report().totals.stalls_injected, 1);
 
+    // Stalls at chosen request numbers: the second and fourth request here.
+    let env = start("[faults]\nstall_at = [1, 3]\nstall_secs = 0.4").await;
+    seed(&env, "obj", 100_000).await;
+    let mut took = Vec::new();
+    for _ in 0..4 {
+        let t = Instant::now();
+        assert_eq!(get_range(&env.via, "obj", 0, 100_000).await.unwrap(), 100_000);
+        took.push(t.elapsed() >= Duration::from_millis(400));
+    }
+    assert_eq!(took, [false, true, false, true]);
+    assert_eq!(env.emu.report().totals.stalls_injected, 2);
+
     let env = start("[faults]\nerror_rate = 1.0").await;
     seed(&env, "obj", 10).await;
     let err = env.via.get_object().bucket("bkt").key("obj").send().await.unwrap_err();

@@ -264,8 +264,10 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                 let journal = Arc::try_unwrap(journal).expect("the uploads are stopped");
                 let items = journal.plan.concat();
                 let reopened = Journal::open(&dir)?.unwrap_or(journal);
-                discard_journal(client, o, reopened).await?;
-                return archive_found(client, o, dest, found?, &items).await;
+                let discarded = discard_journal(client, o, reopened).await;
+                let key = found?;
+                discarded?;
+                return archive_found(client, o, dest, key, &items).await;
             }
         },
     };
@@ -685,7 +687,13 @@ async fn discard_journal(client: &OptimizedS3Client, o: &ShipOptions, j: Journal
     }
     let deleted: Vec<s3opt::Result<()>> =
         futures::stream::iter(&deletes).map(|key| client.delete(bucket, key)).buffer_unordered(16).collect().await;
-    deleted.into_iter().collect::<s3opt::Result<Vec<()>>>()?;
+    for d in deleted {
+        match d {
+            // No bucket: nothing of the run's is there to delete.
+            Ok(()) | Err(s3opt::Error::NoSuchBucket { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     j.remove()?;
     Ok(out)
 }

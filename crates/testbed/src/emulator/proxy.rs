@@ -170,7 +170,10 @@ async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) ->
         let error = rng.random::<f64>() < p.faults.error_rate;
         let fault = if number < p.faults.reset_first || rng.random::<f64>() < p.faults.reset_rate {
             Some(Fault::Reset)
-        } else if number < p.faults.stall_first || rng.random::<f64>() < p.faults.stall_rate {
+        } else if number < p.faults.stall_first
+            || p.faults.stall_at.contains(&number)
+            || rng.random::<f64>() < p.faults.stall_rate
+        {
             Some(Fault::Stall(p.faults.stall_secs))
         } else {
             None

@@ -76,6 +76,10 @@ pub struct Faults {
     /// reset, deterministically (tests).
     #[serde(default)]
     pub stall_first: u64,
+    /// Also stall the requests with these numbers (0 = the first after (re)start) that are
+    /// not reset: a rare random stall, placed so that every run meets it (bench).
+    #[serde(default)]
+    pub stall_at: Vec<u64>,
     /// Key prefixes (`bucket/key-prefix`, matched against the start of `bucket/key`) whose
     /// object requests all fail outright with `fail_status`: a prefix that is down.
     #[serde(default)]
@@ -104,6 +108,7 @@ impl Default for Faults {
             corrupt_first: 0,
             reset_first: 0,
             stall_first: 0,
+            stall_at: Vec::new(),
             fail_prefixes: Vec::new(),
             fail_status: default_fail_status(),
         }
