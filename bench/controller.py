@@ -113,8 +113,9 @@ def main():
         "# cargoship's auto controller, full-size objects", "",
         f"`bench/controller.py {' '.join(names)}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git {rev}, "
         f"{os.cpu_count()} cores. Default settings (auto controller, 256 MiB budget). % is of the scenario's bottleneck; "
-        "first 10 s and the last byte are from the emulator's per-second byte counts (an upload's remaining seconds "
-        "are the server assembling the object at CompleteMultipartUpload).", "",
+        "first 10 s and the last byte are from the emulator's per-second byte counts (whole seconds; an upload's "
+        "remaining time is the server assembling the object at CompleteMultipartUpload). A scenario with random "
+        "stalls has its upload run up to 5 times until one is stalled; the stalls column lists the runs without one.", "",
         "| scenario | dir | MiB | s | MB/s | % bottleneck | s to last byte | % to last byte | % in first 10 s | peak RSS MiB | requests | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
