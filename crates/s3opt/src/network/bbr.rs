@@ -152,12 +152,24 @@ impl Bbr {
     /// The steady-state window (gain 1): bandwidth x min latency / request size; `None`
     /// until a request has completed.
     pub fn bdp_window(&self) -> Option<f64> {
-        match (self.min_rtt, self.bandwidth()) {
-            (Some((_, rtt)), bw) if bw > 0.0 && self.request_bytes > 0.0 => {
+        match (self.typical_latency(), self.bandwidth()) {
+            (Some(rtt), bw) if bw > 0.0 && self.request_bytes > 0.0 => {
                 Some(super::bdp::window_for(bw, Duration::from_secs_f64(rtt), self.request_bytes as u64))
             }
             _ => None,
         }
+    }
+
+    /// The minimum latency, scaled to a typical request. The minimum may come from a
+    /// request of half the typical size (the tail of a range), which on a path that limits
+    /// each connection takes half as long: the window would come out half of what the path
+    /// needs (a restore held at 20 of 40 MB/s). Scaled as if latency grew with size, it is
+    /// at most twice too long where a round trip dominates instead, and the pool bounds
+    /// what a larger window holds.
+    fn typical_latency(&self) -> Option<f64> {
+        let (_, rtt) = self.min_rtt?;
+        let scale = if self.min_rtt_bytes > 0 { self.request_bytes / self.min_rtt_bytes as f64 } else { 1.0 };
+        Some(rtt * scale.clamp(1.0, 2.0))
     }
 
     /// Feeds a finished request. Only successes carry rate and latency information.
@@ -204,9 +216,11 @@ impl Bbr {
             && !s.retransmit
             && typical
         {
-            *best = Some(best.map_or(latency, |b: f64| b.min(latency)));
+            if best.is_none_or(|b: f64| latency <= b) {
+                *best = Some(latency);
+                self.min_rtt_bytes = s.bytes;
+            }
             self.min_rtt = Some((now, best.expect("just set")));
-            self.min_rtt_bytes = s.bytes;
             probe_done = true;
         }
         // A request started after Startup's first round that took 1.5x the minimum waited
@@ -306,5 +320,32 @@ mod tests {
         // A small request now does not pull the minimum down again.
         bbr.on_sample(&sample(t0, 500, 65, 4_000));
         assert_eq!(bbr.min_rtt(), Some(Duration::from_millis(560)));
+    }
+
+    #[test]
+    fn the_window_is_sized_for_a_typical_request_when_the_minimum_came_from_a_shorter_one() {
+        // A path that limits each connection to 2 MB/s: 2 MiB ranges take 1.05 s, and a
+        // 1.1 MiB one (the tail of a chunk, still "typical") 0.6 s. 40 MB/s delivered.
+        let t0 = Instant::now();
+        let mut bbr = Bbr::new(64.0, 256.0);
+        let mib = 1u64 << 20;
+        let mut delivered = 0;
+        for i in 0..40u64 {
+            let (latency, bytes) = if i == 20 { (600, 11 * mib / 10) } else { (1050, 2 * mib) };
+            let started = t0 + Duration::from_millis(i * 50);
+            let finished = started + Duration::from_millis(latency);
+            let mut s = Sample::alone(Op::GetObject, started, Duration::from_millis(latency), bytes, Outcome::Ok);
+            // Delivered by everyone meanwhile: 40 MB/s.
+            s.delivered_at_start = delivered;
+            s.delivered_time_at_start = started;
+            delivered += (40e6 * latency as f64 / 1000.0) as u64;
+            s.delivered_at_end = delivered;
+            s.finished = finished;
+            bbr.on_sample(&s);
+        }
+        assert_eq!(bbr.min_rtt(), Some(Duration::from_millis(600)), "the raw minimum is the short request's");
+        // The path needs 40 MB/s x 1.05 s / 2 MiB = 20 requests in flight, not 11.
+        let w = bbr.bdp_window().unwrap();
+        assert!((18.0..=24.0).contains(&w), "window {w}");
     }
 }
