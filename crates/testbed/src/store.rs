@@ -338,6 +338,12 @@ impl S3 for Store {
         }
         let input = req.input;
         let upload_id = input.upload_id.clone();
+        // The object is written here, not by s3s-fs, so the key must not climb out of the
+        // bucket (s3s-fs resolves its paths inside the root the same way).
+        let inside = |p: &str| Path::new(p).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside(&input.bucket) || !inside(&input.key) || !inside(&upload_id) {
+            return Err(s3_error!(InvalidArgument, "key, bucket or upload id names a path outside the bucket"));
+        }
         if !self.files.upload_alive(&upload_id) || !self.files.root.join(&input.bucket).is_dir() {
             return Err(s3_error!(NoSuchUpload));
         }

@@ -130,6 +130,12 @@ async fn completing_a_multipart_upload_answers_as_s3_does() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // A key that climbs out of the bucket is refused, and nothing is written outside it.
+    let (escape, tags) = upload(&s3, "a/../../escape", &[vec![7; 1000]]).await;
+    let err = complete(&s3, "a/../../escape", &escape, vec![part(1, &tags[0])], &crc_b64(&[7; 1000])).await;
+    assert_eq!(err.unwrap_err(), "InvalidArgument");
+    assert!(!dir.path().join("escape").exists());
+
     // Only the last part may be under 5 MiB.
     let (short, tags) = upload(&s3, "short", &[vec![1; 1000], vec![2; 1000]]).await;
     let parts = vec![part(1, &tags[0]), part(2, &tags[1])];

@@ -260,11 +260,15 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
             Ok(results) => results,
             Err(found) => {
                 // The destination holds an archive (or could not be checked): what this run
-                // sent meanwhile goes, and the journal with it.
-                let journal = Arc::try_unwrap(journal).expect("the uploads are stopped");
+                // sent meanwhile goes, and the journal with it (read back from disk: a task
+                // of a dropped upload may still hold the shared one for a moment).
                 let items = journal.plan.concat();
-                let reopened = Journal::open(&dir)?.unwrap_or(journal);
-                let discarded = discard_journal(client, o, reopened).await;
+                drop(journal);
+                let discarded = match Journal::open(&dir) {
+                    Ok(Some(j)) => discard_journal(client, o, j).await.map(drop),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 let key = found?;
                 discarded?;
                 return archive_found(client, o, dest, key, &items).await;
