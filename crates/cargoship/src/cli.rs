@@ -180,11 +180,10 @@ pub struct SurveyArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Layout: s3://bucket/prefix/suitcases/s-RUN-NNNNNN.tar.zst (RUN: an id per run; tar compressed in
-independent frames: any file can be read back with ranged GETs; each suitcase is also a plain
-.tar.zst) and
-s3://bucket/prefix/cargoship-inventory.json.zst (zstd-compressed JSON), written last: the
-archive exists once it does.
+Layout: s3://bucket/prefix/suitcases/s-RUN-NNNNNN.tar.zst (RUN: an id per run; tar compressed
+in independent frames: any file can be read back with ranged GETs; each suitcase is also a
+plain .tar.zst) and s3://bucket/prefix/cargoship-inventory.json.zst (zstd-compressed JSON),
+written last: the archive exists once it does.
 
 Interrupted (Ctrl-C, kill, network loss)? Run the same command again: it continues where it
 stopped without re-sending finished parts. --no-resume starts over; --abort discards the
