@@ -65,7 +65,8 @@ def run_scenario(arg):
                 if not wants_stall or stalls_of(stats) > 0 or len(unstalled) + 1 >= STALL_TRIES:
                     break
                 unstalled.append(summary["seconds"])
-            first10 = sum(s[key] for s in stats["per_second"][:10]) / 10 / 1e6
+            # A transfer shorter than 10 s is measured over its own length, not padded with idle.
+            first10 = sum(s[key] for s in stats["per_second"][:10]) / min(10, summary["seconds"]) / 1e6
             # Seconds until the emulator carried the last payload byte (whole seconds, rounded
             # up): the rest of the wall time is the server assembling the object.
             moved = [i for i, s in enumerate(stats["per_second"]) if s[key] > 0]
@@ -113,7 +114,7 @@ def main():
         "# cargoship's auto controller, full-size objects", "",
         f"`bench/controller.py {' '.join(names)}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git {rev}, "
         f"{os.cpu_count()} cores. Default settings (auto controller, 256 MiB budget). % is of the scenario's bottleneck; "
-        "first 10 s and the last byte are from the emulator's per-second byte counts (whole seconds; an upload's "
+        "first 10 s (or the whole transfer if shorter) and the last byte are from the emulator's per-second byte counts (whole seconds; an upload's "
         "remaining time is the server assembling the object at CompleteMultipartUpload). A scenario with random "
         "stalls has its upload run up to 5 times until one is stalled; the stalls column lists the runs without one.", "",
         "| scenario | dir | MiB | s | MB/s | % bottleneck | s to last byte | % to last byte | % in first 10 s | peak RSS MiB | requests | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |",

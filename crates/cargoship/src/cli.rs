@@ -66,7 +66,7 @@ pub struct GlobalOpts {
     /// Part size for multipart uploads and ranged downloads (e.g. 8MiB, 64M).
     #[arg(long, global = true, default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
     pub part_size: u64,
-    /// Most object data held in memory at once (e.g. 256MiB, 1G).
+    /// Most object data held in memory at once (e.g. 256MiB, 1G). A file's parts in flight count against it without being held.
     #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub memory_budget: u64,
     /// Cap on transfer bandwidth in bytes per second, all requests together (e.g. 10MiB,

@@ -112,15 +112,16 @@ pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
         let name = source_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         dest.key.push_str(&name);
     }
-    let (reader, len): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
-        (Box::new(tokio::io::stdin()), None)
+    let len = if from_stdin {
+        None
     } else {
         let meta = std::fs::metadata(&source_path).map_err(|e| LocalFileError::read(&source_path, e))?;
         if meta.is_dir() {
             return crate::put_many::run(g, args).await;
         }
-        let file = tokio::fs::File::open(&source_path).await.map_err(|e| LocalFileError::read(&source_path, e))?;
-        (Box::new(file), Some(meta.len()))
+        // Opened now so that an unreadable file is reported before connecting.
+        std::fs::File::open(&source_path).map_err(|e| LocalFileError::read(&source_path, e))?;
+        Some(meta.len())
     };
     let session = setup::connect(g).await?;
     session.ensure_embedded_bucket(&dest.bucket)?;
@@ -128,8 +129,16 @@ pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let progress = Progress::start(client, Direction::Up, "put", len, g.quiet);
     let opts = PutOptions { content_length: len, ..Default::default() };
+    let upload = async {
+        if from_stdin {
+            client.put_object(&dest.bucket, &dest.key, tokio::io::stdin(), opts).await
+        } else {
+            // Parts are read from the file as they are sent: they take no memory budget.
+            client.put_file(&dest.bucket, &dest.key, &source_path, opts).await
+        }
+    };
     let result = tokio::select! {
-        r = client.put_object(&dest.bucket, &dest.key, reader, opts) => r,
+        r = upload => r,
         _ = tokio::signal::ctrl_c() => {
             progress.finish();
             client.finish_cleanup().await;

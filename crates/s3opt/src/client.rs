@@ -110,6 +110,24 @@ impl Failure {
     }
 }
 
+/// How a data request takes part in the window and the controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Steering {
+    /// Takes a window slot; its samples steer the controllers.
+    Steers,
+    /// Takes a window slot but does not steer: a reader's read-ahead, where the reader,
+    /// not the network, decides how many are in flight. Steering would teach the
+    /// controllers the reader's pace as the network's rate (BBR leaves app-limited
+    /// samples out of its bandwidth estimate for the same reason).
+    AppLimited,
+    /// One of the last parts of an upload: steers, and, unless the window is fixed, may
+    /// start while up to twice the window is in flight. On a path that caps each connection, parts that start at
+    /// different times end at different times, and the link idles while the last few
+    /// finish alone at one connection's rate; the parts left once no more remain than are
+    /// in flight start together instead, and share the link until they end together.
+    Tail,
+}
+
 /// What HEAD says about an object.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectInfo {
@@ -234,6 +252,15 @@ impl OptimizedS3Client {
             cleanup: std::sync::Mutex::new(Vec::new()),
             observers: std::sync::RwLock::new(Vec::new()),
         };
+        if adaptive {
+            // Parts sized from the start so the initial window fits the budget, as every
+            // later decision sizes them: larger ones would leave the window short of parts
+            // until the first request completes (32 of 8 MiB where a 1 MB/s-per-connection
+            // path needs 40 to fill).
+            let part = engine.clamp_part_size(part_size_for(initial, engine.pool.budget(), engine.cfg.part_size));
+            engine.part_size.store(part, Relaxed);
+            engine.metrics.set_part_size(part);
+        }
         Self { engine: Arc::new(engine) }
     }
 
@@ -314,7 +341,8 @@ impl OptimizedS3Client {
         self.engine.metrics.snapshot()
     }
 
-    /// Bytes of object data held in memory right now (never above the memory budget).
+    /// Bytes of the memory budget in use right now (never above it): object data held in
+    /// memory, and the parts of files in flight, which count against it as if held.
     pub fn memory_in_use(&self) -> u64 {
         self.engine.pool.in_use()
     }
@@ -336,7 +364,32 @@ impl OptimizedS3Client {
     where
         R: AsyncRead + Unpin + Send,
     {
-        upload::put_object(&self.engine, bucket, key, reader, opts).await
+        upload::put_object(&self.engine, bucket, key, upload::Source::Stream(reader), opts).await
+    }
+
+    /// Uploads the file at `path` to `bucket/key`, as [`OptimizedS3Client::put_object`]
+    /// does a stream, except that its parts are read from the file while they are sent:
+    /// parts in flight hold no memory (they count against the budget all the same, which
+    /// bounds how much is queued, except the last ones, which start together). The file must not
+    /// change meanwhile; if it does, its parts' checksums no longer match and the upload
+    /// fails.
+    pub async fn put_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &std::path::Path,
+        mut opts: PutOptions,
+    ) -> Result<PutResult> {
+        let io = |source| Error::Io { context: "cannot read", path: path.to_owned(), source };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        opts.content_length = Some(len);
+        if len < MIN_PART_SIZE {
+            // One PUT: reading it once into memory costs less than opening it per attempt.
+            return upload::put_object(&self.engine, bucket, key, upload::Source::Stream(file), opts).await;
+        }
+        let src = upload::Source::<tokio::fs::File>::File { path: path.into(), len, pos: 0 };
+        upload::put_object(&self.engine, bucket, key, src, opts).await
     }
 
     /// Downloads `bucket/key` into `writer` by parallel ranged GETs written in order, and
@@ -495,12 +548,12 @@ impl Engine {
         tokio::time::sleep_until(pacer.slot(bytes).into()).await;
     }
 
-    /// The body of an upload request: the bytes as they are, or, under a bandwidth cap,
-    /// released chunk by chunk at the cap's rate.
-    pub(crate) fn upload_body(&self, data: &Bytes) -> ByteStream {
+    /// The body of an upload request: as it is, or, under a bandwidth cap, released chunk
+    /// by chunk at the cap's rate.
+    pub(crate) fn upload_body(&self, body: ByteStream) -> ByteStream {
         match &self.pacer {
-            None => ByteStream::from(data.clone()),
-            Some(pacer) => ByteStream::new(SdkBody::from_body_1_x(PacedBody::new(data.clone(), pacer.clone()))),
+            None => body,
+            Some(pacer) => ByteStream::new(SdkBody::from_body_1_x(PacedBody::new(body.into_inner(), pacer.clone()))),
         }
     }
 
@@ -520,20 +573,24 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        self.run_steering(key, op, bytes, true, attempt_fn).await
+        self.run_steering(key, op, bytes, Steering::Steers, attempt_fn).await
     }
 
-    /// [`Engine::run_keyed`], choosing whether the request's samples steer the controllers.
-    /// An app-limited request (a reader's read-ahead: the reader, not the network, decides
-    /// how many are in flight) takes window slots but must not steer, or the controllers
-    /// would learn the reader's pace as the network's rate (BBR leaves app-limited samples
-    /// out of its bandwidth estimate for the same reason).
+    /// How many times the window requests of this kind may fill: 2 for an upload's last
+    /// parts, except under a fixed window, which means exactly that many in flight (the
+    /// bench's sweep relies on it).
+    pub(crate) fn room(&self, steering: Steering) -> usize {
+        let fixed = matches!(self.cfg.controller, ControllerKind::Fixed(_));
+        if steering == Steering::Tail && !fixed { 2 } else { 1 }
+    }
+
+    /// [`Engine::run_keyed`] with a choice of [`Steering`].
     pub(crate) async fn run_steering<T, F, Fut>(
         &self,
         key: &str,
         op: Op,
         bytes: u64,
-        steers: bool,
+        steering: Steering,
         mut attempt_fn: F,
     ) -> Result<T>
     where
@@ -541,9 +598,11 @@ impl Engine {
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let windowed = matches!(op, Op::PutObject | Op::UploadPart | Op::GetObject);
+        let steers = steering != Steering::AppLimited;
+        let room = self.room(steering);
         let mut attempt: u32 = 0;
         loop {
-            let permit = if windowed { Some(self.window.acquire().await) } else { None };
+            let permit = if windowed { Some(self.window.acquire_within(room).await) } else { None };
             if op == Op::GetObject && bytes > 0 {
                 self.pace(bytes).await;
             }

@@ -12,6 +12,35 @@ pub fn crc64nvme_b64(data: &[u8]) -> (u64, String) {
     (crc, STANDARD.encode(crc.to_be_bytes()))
 }
 
+/// CRC64NVME of `len` bytes of the file at `path` from `offset`, as
+/// [`crc64nvme_b64`] gives it, read in 256 KiB pieces (blocking: call it off the async
+/// threads). A file that ends sooner is an `UnexpectedEof` error.
+pub fn crc64nvme_of_file_range(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<(u64, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut range = file.take(len);
+    let mut digest = crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0;
+    loop {
+        let n = range.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        digest.update(&buf[..n]);
+        read += n as u64;
+    }
+    if read < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} ended at byte {}, before byte {}", path.display(), offset + read, offset + len),
+        ));
+    }
+    let crc = digest.finalize();
+    Ok((crc, STANDARD.encode(crc.to_be_bytes())))
+}
+
 /// Folds the checksums of consecutive pieces (in order) into the checksum of their
 /// concatenation: the whole object's from its parts or ranges.
 ///
@@ -214,6 +243,17 @@ mod tests {
         }
         assert_eq!(combined.value(), crc64nvme_b64(&data).0);
         assert_eq!(CombinedCrc::new(Algorithm::Crc64Nvme).value(), crc64nvme_b64(b"").0);
+    }
+
+    #[test]
+    fn a_file_range_has_the_crc_of_its_bytes_and_a_short_file_is_an_error() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(crc64nvme_of_file_range(&path, 30_001, 60_000).unwrap(), crc64nvme_b64(&data[30_001..90_001]));
+        let short = crc64nvme_of_file_range(&path, 90_000, 10_001).unwrap_err();
+        assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -30,6 +30,41 @@ async fn multipart_roundtrip_of_64_mib_is_byte_identical_and_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_goes_up_in_parts_read_from_it_and_comes_back_identical() {
+    let env = common::start_with(|c| {
+        c.memory_budget = 10 * MIB;
+        c.controller = s3opt::ControllerKind::Fixed(6);
+        c.concurrency = 6;
+    })
+    .await;
+    let src = data(40 * MIB as usize + 123, 5);
+    let path = env.dir.path().join("src.bin");
+    std::fs::write(&path, &src).unwrap();
+    let put = env.client.put_file(BUCKET, "file.bin", &path, PutOptions::default()).await.unwrap();
+    assert!(put.multipart);
+    assert_eq!((put.parts, put.bytes), (9, src.len() as u64));
+    let m = env.client.metrics();
+    assert!(
+        m.peak_in_flight <= 6,
+        "a fixed window is never exceeded, even by the last parts (peak {})",
+        m.peak_in_flight
+    );
+    assert_eq!(env.client.memory_in_use(), 0, "every part's share of the budget came back");
+    let mut out = Vec::new();
+    let got = env.client.get_object(BUCKET, "file.bin", &mut out).await.unwrap();
+    assert_eq!(got.verified_with, Some("CRC64NVME"));
+    assert!(out == src, "downloaded bytes differ from the source");
+
+    // A small file is one PUT; a missing one is an error that names it.
+    std::fs::write(&path, b"tiny").unwrap();
+    let put = env.client.put_file(BUCKET, "tiny.bin", &path, PutOptions::default()).await.unwrap();
+    assert!(!put.multipart && put.bytes == 4);
+    let missing = env.dir.path().join("no-such-file");
+    let err = env.client.put_file(BUCKET, "x", &missing, PutOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("no-such-file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_objects_go_up_in_one_put_and_come_back_verified() {
     let env = start().await;
     for (i, len) in [0usize, 1, 4096, 5 * MIB as usize - 1].into_iter().enumerate() {
@@ -146,6 +181,13 @@ async fn a_bandwidth_limit_paces_uploads_and_downloads() {
     assert!(out == src);
     assert!(down >= 2.4, "15 MiB at 4 MiB/s took only {down:.2} s");
     assert!(env.client.part_size() <= 5 * MIB, "parts shrink to about a second's worth");
+    // Parts read from a file as they are sent are paced too.
+    let path = env.dir.path().join("paced.bin");
+    std::fs::write(&path, &src).unwrap();
+    let t = std::time::Instant::now();
+    env.client.put_file(BUCKET, "paced-file.bin", &path, PutOptions::default()).await.unwrap();
+    let up = t.elapsed().as_secs_f64();
+    assert!(up >= 2.4, "15 MiB from a file at 4 MiB/s took only {up:.2} s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

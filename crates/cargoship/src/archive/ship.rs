@@ -575,8 +575,12 @@ async fn upload_suitcase(
     let full_key = join_key(&o.prefix, key);
     let upload = client.put_object(&o.bucket, &full_key, reader, opts);
     let (up, comp) = tokio::join!(upload, compress);
-    let (frames, packed) = comp?;
-    let put = up?;
+    let ((frames, packed), put) = match (comp, up) {
+        // Compression stopped because the upload did: the upload's error says why (and
+        // decides whether the suitcase is sent afresh).
+        (Err(ArchiveError::Pack(m)), Err(e)) if m == UPLOAD_STOPPED => return Err(e.into()),
+        (comp, up) => (comp?, up?),
+    };
     let files = packed.entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
     let stored = frames.last().map(|f| f.stored_offset() + f.stored_len()).unwrap_or(0);
     let mut entries = packed.entries;
@@ -596,6 +600,9 @@ async fn upload_suitcase(
     Ok((SuitcaseRecord { suitcase, entries, skipped: packed.skipped }, put))
 }
 
+/// How the compression stage fails when the upload stops taking its output.
+const UPLOAD_STOPPED: &str = "the upload stopped";
+
 /// Compresses frames on the blocking pool (`workers` at once), passing them on in order
 /// and building the frame index. A packing failure reaches the upload as a stream error,
 /// so a suitcase is never completed short.
@@ -611,7 +618,7 @@ async fn compress_stage(
     let mut frames = Vec::new();
     let mut stored = 0u64;
     let mut open = true;
-    let stopped = || ArchiveError::Pack("the upload stopped".into());
+    let stopped = || ArchiveError::Pack(UPLOAD_STOPPED.into());
     loop {
         while open && pending.len() < workers {
             match raw.recv().await {

@@ -55,13 +55,19 @@ impl Window {
 
     /// Waits for room in the window.
     pub async fn acquire(&self) -> WindowPermit {
+        self.acquire_within(1).await
+    }
+
+    /// Waits for room in `multiple` times the window: for requests allowed past the
+    /// limit (the last parts of an upload, which start together so they end together).
+    pub async fn acquire_within(&self, multiple: usize) -> WindowPermit {
         loop {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut st = self.inner.state.lock().expect("window lock");
-                if st.in_use < st.limit {
+                if st.in_use < st.limit * multiple {
                     st.in_use += 1;
                     return WindowPermit { window: self.clone() };
                 }
@@ -105,7 +111,14 @@ mod tests {
         w.set_limit(3);
         let c = tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
         assert_eq!(w.in_use(), 2);
-        drop((b, c));
-        assert_eq!(w.in_use(), 0);
+        // Twice the window admits a fourth, but not a seventh.
+        let d = tokio::time::timeout(Duration::from_secs(1), w.acquire_within(2)).await.unwrap();
+        let (e, f) = (w.acquire_within(2).await, w.acquire_within(2).await);
+        assert_eq!(w.in_use(), 5);
+        assert!(tokio::time::timeout(Duration::from_millis(30), w.acquire()).await.is_err());
+        let _g = w.acquire_within(2).await;
+        assert!(tokio::time::timeout(Duration::from_millis(30), w.acquire_within(2)).await.is_err());
+        drop((b, c, d, e, f));
+        assert_eq!(w.in_use(), 1);
     }
 }

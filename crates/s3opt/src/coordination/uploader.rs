@@ -18,7 +18,6 @@ use super::config::CoordinationConfig;
 use super::coordinator::{LeaseOutcome, PipelineCoordinator, ScheduledUpload, UploadExecutor};
 use super::metrics::{CoordinationMetrics, PerformanceBaseline};
 use crate::client::OptimizedS3Client;
-use crate::error::Error;
 use crate::performance::upload::PutOptions;
 
 /// How prefix names are made.
@@ -239,14 +238,7 @@ impl UploadExecutor for FileExecutor {
 }
 
 async fn put_file(client: &OptimizedS3Client, bucket: &str, key: &str, path: &std::path::Path) -> crate::Result<u64> {
-    let file = tokio::fs::File::open(path).await.map_err(|source| Error::Io {
-        context: "cannot open",
-        path: path.to_owned(),
-        source,
-    })?;
-    let len = file.metadata().await.ok().map(|m| m.len());
-    let r = client.put_object(bucket, key, file, PutOptions { content_length: len, ..Default::default() }).await?;
-    Ok(r.bytes)
+    Ok(client.put_file(bucket, key, path, PutOptions::default()).await?.bytes)
 }
 
 impl ParallelUploader {

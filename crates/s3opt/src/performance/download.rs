@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::{Engine, Failure, ObjectInfo, check_length, next_chunk, read_body};
+use crate::client::{Engine, Failure, ObjectInfo, Steering, check_length, next_chunk, read_body};
 use crate::error::{Error, Result};
 use crate::integrity::StreamHasher;
 use crate::network::{Op, Outcome};
@@ -66,7 +66,7 @@ async fn get(
 /// One ranged GET of `len` bytes (0: to the end) at `offset`, with retries, into `buf`
 /// (reused across attempts). Returns the filled buffer.
 async fn fetch(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64, buf: BytesMut) -> Result<BytesMut> {
-    fetch_steering(engine, bucket, key, offset, len, buf, true).await
+    fetch_steering(engine, bucket, key, offset, len, buf, Steering::Steers).await
 }
 
 /// What a failed attempt leaves for the next: the bytes that arrived and the ETag they
@@ -77,7 +77,7 @@ struct Partial {
     etag: Option<String>,
 }
 
-/// [`fetch`], choosing whether the GET steers the controllers (see [`Engine::run_steering`]).
+/// [`fetch`], choosing whether the GET steers the controllers (see [`Steering`]).
 /// A body cut off mid-way (reset, stall) is resumed: the retry asks only for the bytes not
 /// yet received, pinned with `If-Match` to the ETag of the first part so that two versions
 /// of an object are never spliced (a changed object fails with 412 instead).
@@ -88,11 +88,11 @@ async fn fetch_steering(
     offset: u64,
     len: u64,
     buf: BytesMut,
-    steers: bool,
+    steering: Steering,
 ) -> Result<BytesMut> {
     let slot = &std::sync::Mutex::new(Some(Partial { buf, etag: None }));
     engine
-        .run_steering(key, Op::GetObject, len, steers, move || async move {
+        .run_steering(key, Op::GetObject, len, steering, move || async move {
             // A hedge running beside an attempt finds the slot empty and starts afresh.
             let Partial { mut buf, mut etag } = slot.lock().expect("slot").take().unwrap_or_default();
             if etag.is_none() {
@@ -316,7 +316,7 @@ async fn fetch_to_file(
     let _reserved = engine.pool.reserve(len.min(2 * WRITE_BATCH)).await;
     let fresh = &fresh;
     engine
-        .run_steering(key, Op::GetObject, len, true, move || async move {
+        .run_steering(key, Op::GetObject, len, Steering::Steers, move || async move {
             // A hedge running beside an attempt finds the slot empty and starts afresh.
             let taken = slot.lock().expect("slot").take();
             let Written { mut have, mut hasher } = taken.unwrap_or(Written { have: 0, hasher: fresh.clone() });
@@ -418,7 +418,7 @@ pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, off
 /// reader sizes its own ranges and must not trigger a HEAD or a split. The reader's GETs
 /// are app-limited, so they take window slots but do not steer the controllers.
 pub(crate) async fn get_exact(engine: &Engine, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
-    match fetch_steering(engine, bucket, key, offset, len, BytesMut::new(), false).await {
+    match fetch_steering(engine, bucket, key, offset, len, BytesMut::new(), Steering::AppLimited).await {
         Ok(buf) => Ok(buf.freeze()),
         Err(err) => Err(range_error(engine, bucket, key, offset, err).await),
     }

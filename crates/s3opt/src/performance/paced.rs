@@ -1,7 +1,7 @@
 //! `--bwlimit` on the wire: a [`Pacer`] shared by all requests of a client hands out slots
 //! of the link at the limit's rate, and [`PacedBody`] sends an upload's bytes in 64 KiB
 //! chunks, each only once its slot begins, so uploads leave at the limit's rate however
-//! many are in flight.
+//! many are in flight and wherever their bytes come from.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -47,57 +47,76 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// An upload body released chunk by chunk at the pacer's rate. Its length is known, so
-/// the request still carries an exact Content-Length.
-pub(crate) struct PacedBody {
-    rest: Bytes,
+/// An upload body released chunk by chunk at the pacer's rate: whatever the inner body
+/// yields (bytes in memory, a range of a file) leaves in 64 KiB chunks, each once its slot
+/// begins. The inner body's size hint passes through, so the request still carries an
+/// exact Content-Length.
+pub(crate) struct PacedBody<B> {
+    inner: B,
+    /// Bytes taken from the inner body and not yet released.
+    pending: Bytes,
     pacer: Arc<Pacer>,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl PacedBody {
-    pub(crate) fn new(data: Bytes, pacer: Arc<Pacer>) -> Self {
-        Self { rest: data, pacer, wait: None }
+impl<B> PacedBody<B> {
+    pub(crate) fn new(inner: B, pacer: Arc<Pacer>) -> Self {
+        Self { inner, pending: Bytes::new(), pacer, wait: None }
     }
 }
 
-impl Body for PacedBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for PacedBody<B> {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if this.rest.is_empty() {
-            return Poll::Ready(None);
+        while this.pending.is_empty() {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.pending = data,
+                    // Trailers are not payload: they pass unpaced.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+            }
         }
-        let n = CHUNK.min(this.rest.len());
+        let n = CHUNK.min(this.pending.len());
         let wait =
             this.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.pacer.slot(n as u64).into())));
         ready!(wait.as_mut().poll(cx));
         this.wait = None;
-        Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
+        Poll::Ready(Some(Ok(Frame::data(this.pending.split_to(n)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.len() as u64)
+        let inner = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
 
     #[tokio::test]
     async fn two_bodies_together_leave_at_the_limit() {
         let pacer = Arc::new(Pacer::new(1_000_000.0));
         let t0 = Instant::now();
-        let a = PacedBody::new(Bytes::from(vec![1u8; 100_000]), pacer.clone());
-        let b = PacedBody::new(Bytes::from(vec![2u8; 100_000]), pacer.clone());
+        let a = PacedBody::new(Full::new(Bytes::from(vec![1u8; 100_000])), pacer.clone());
+        let b = PacedBody::new(Full::new(Bytes::from(vec![2u8; 100_000])), pacer.clone());
         assert_eq!(a.size_hint().exact(), Some(100_000));
         let (a, b) = tokio::join!(a.collect(), b.collect());
         let (a, b) = (a.unwrap().to_bytes(), b.unwrap().to_bytes());

@@ -1,27 +1,33 @@
 //! The upload pipeline: a stream of unknown length becomes one PUT or a multipart upload.
 //!
-//! Parts are read in order into buffers borrowed from the pool (so reading stops when the
-//! memory budget is spent), each part is sent by its own task with its CRC64NVME, parts
-//! complete in any order, and `CompleteMultipartUpload` lists them in ascending order with
-//! the whole object's CRC64NVME combined from the parts. Any failure aborts the upload;
-//! a dropped (cancelled) upload is aborted in the background, see
+//! A stream's parts are read in order into buffers borrowed from the pool (so reading stops
+//! when the memory budget is spent); a file's parts are ranges of it, read while they are
+//! sent: they hold no memory but count against the budget, which bounds the queue. Once no
+//! more parts are left than are in flight, the rest start together (a file's past the
+//! budget; up to twice the window: see `Steering::Tail`). Each part is sent by its own task
+//! with its CRC64NVME, parts complete in any order, and `CompleteMultipartUpload` lists
+//! them in ascending order with the whole object's CRC64NVME combined from the parts. Any
+//! failure aborts the upload; a dropped (cancelled) upload is aborted in the background, see
 //! [`OptimizedS3Client::finish_cleanup`](crate::OptimizedS3Client::finish_cleanup).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use crate::client::Engine;
+use crate::client::{Engine, Failure, Steering};
 use crate::config::{MAX_PARTS, MIN_PART_SIZE};
 use crate::error::{Error, Result};
-use crate::integrity::{Algorithm, CombinedCrc, crc64nvme_b64};
-use crate::network::Op;
+use crate::integrity::{Algorithm, CombinedCrc, crc64nvme_b64, crc64nvme_of_file_range};
+use crate::network::{Op, Outcome};
 use crate::performance::buffer::{FrozenBuf, PooledBuf};
 
 /// Per-upload options.
@@ -135,11 +141,115 @@ async fn read_part<R: AsyncRead + Unpin>(reader: &mut R, mut buf: PooledBuf, siz
     Ok(buf)
 }
 
+/// Where an upload's parts come from.
+pub(crate) enum Source<R> {
+    /// A stream, read part by part into buffers from the pool.
+    Stream(R),
+    /// A file of known length: each part is a range of it, read only while it is sent.
+    File { path: Arc<Path>, len: u64, pos: u64 },
+}
+
+impl<R: AsyncRead + Unpin> Source<R> {
+    /// The next `size` bytes (fewer at the end, none past it). A stream's are read into a
+    /// buffer of the budget's. A file's are not read yet, but count against the budget
+    /// as if they were, unless `tail` (see `Steering::Tail`): the budget also bounds how
+    /// much one upload queues on the path, where a window grown on queued latency would
+    /// otherwise keep each request waiting so long that it times out.
+    async fn next(&mut self, engine: &Engine, size: u64, tail: bool) -> Result<PartData> {
+        match self {
+            Source::Stream(reader) => {
+                let buf = read_part(reader, engine.pool.acquire(size).await, size).await?;
+                let buf = if (buf.len() as u64) < size { buf.shrink_to_fit() } else { buf };
+                Ok(PartData::Mem(buf.freeze()))
+            }
+            Source::File { path, len, pos } => {
+                let n = size.min(*len - *pos);
+                let held = if tail || n == 0 { None } else { Some(engine.pool.reserve(n).await) };
+                let part = PartData::File { path: path.clone(), offset: *pos, len: n, _held: held };
+                *pos += n;
+                Ok(part)
+            }
+        }
+    }
+
+    /// Whether anything is left after the bytes taken so far.
+    async fn has_more(&mut self) -> Result<bool> {
+        match self {
+            Source::Stream(reader) => {
+                let mut probe = [0u8; 1];
+                let n = reader
+                    .read(&mut probe)
+                    .await
+                    .map_err(|source| Error::Stream { context: "reading upload source", source })?;
+                Ok(n > 0)
+            }
+            Source::File { len, pos, .. } => Ok(pos < len),
+        }
+    }
+}
+
+/// One part's bytes.
+enum PartData {
+    /// Read from a stream; holds its share of the memory budget until sent.
+    Mem(FrozenBuf),
+    /// A range of a file, with the budget it counts against while in flight.
+    File { path: Arc<Path>, offset: u64, len: u64, _held: Option<OwnedSemaphorePermit> },
+}
+
+impl PartData {
+    fn len(&self) -> u64 {
+        match self {
+            PartData::Mem(buf) => buf.bytes().len() as u64,
+            PartData::File { len, .. } => *len,
+        }
+    }
+
+    /// CRC64NVME, raw and base64 (a file range is read once for it).
+    async fn crc(&self) -> Result<(u64, String)> {
+        match self {
+            PartData::Mem(buf) => Ok(crc64nvme_b64(buf.bytes())),
+            PartData::File { path, offset, len, .. } => {
+                let (path, offset, len) = (path.clone(), *offset, *len);
+                tokio::task::spawn_blocking(move || {
+                    crc64nvme_of_file_range(&path, offset, len).map_err(|source| Error::Io {
+                        context: "cannot read",
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                })
+                .await
+                .map_err(|e| Error::Config(format!("checksum task failed: {e}")))?
+            }
+        }
+    }
+
+    /// A fresh request body with the part's bytes (one per attempt).
+    async fn body(&self) -> Result<ByteStream> {
+        match self {
+            PartData::Mem(buf) => Ok(ByteStream::from(buf.bytes().clone())),
+            PartData::File { len: 0, .. } => Ok(ByteStream::from_static(b"")),
+            PartData::File { path, offset, len, .. } => ByteStream::read_from()
+                .path(&**path)
+                .offset(*offset)
+                .length(aws_smithy_types::byte_stream::Length::Exact(*len))
+                .build()
+                .await
+                .map_err(|e| Error::Io { context: "cannot read", path: path.to_path_buf(), source: e.into() }),
+        }
+    }
+
+    /// [`PartData::body`] inside a request attempt: a source that cannot be read is not
+    /// worth retrying.
+    async fn attempt_body(&self, engine: &Engine) -> std::result::Result<ByteStream, Failure> {
+        Ok(engine.upload_body(self.body().await.map_err(|e| Failure::new(Outcome::ClientError, e))?))
+    }
+}
+
 pub(crate) async fn put_object<R>(
     engine: &Arc<Engine>,
     bucket: &str,
     key: &str,
-    mut reader: R,
+    mut src: Source<R>,
     opts: PutOptions,
 ) -> Result<PutResult>
 where
@@ -150,9 +260,9 @@ where
         Some(point) => (point.upload_id, None, point.parts),
         None => {
             let size = engine.next_part_size(1, 0, opts.content_length);
-            let first = read_part(&mut reader, engine.pool.acquire(size).await, size).await?;
-            if (first.len() as u64) < size {
-                return put_single(engine, bucket, key, first.shrink_to_fit().freeze(), &opts).await;
+            let first = src.next(engine, size, false).await?;
+            if first.len() < size {
+                return put_single(engine, bucket, key, first, &opts).await;
             }
             let upload_id = create_multipart(engine, bucket, key, &opts).await?;
             if let Some(journal) = &opts.journal {
@@ -170,7 +280,7 @@ where
         armed: !keep_for_resume,
     };
     let result = async {
-        let parts = send_parts(engine, bucket, key, &upload_id, &mut reader, first, resumed, &opts).await?;
+        let parts = send_parts(engine, bucket, key, &upload_id, &mut src, first, resumed, &opts).await?;
         complete(engine, bucket, key, &upload_id, parts).await
     }
     .await;
@@ -213,18 +323,18 @@ async fn create_multipart(engine: &Engine, bucket: &str, key: &str, o: &PutOptio
         .to_owned())
 }
 
-async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, opts: &PutOptions) -> Result<PutResult> {
-    let bytes = data.bytes().clone();
-    let (_, crc_b64) = crc64nvme_b64(&bytes);
-    let (body, crc) = (&bytes, &crc_b64);
+async fn put_single(engine: &Engine, bucket: &str, key: &str, data: PartData, opts: &PutOptions) -> Result<PutResult> {
+    let len = data.len();
+    let (_, crc_b64) = data.crc().await?;
+    let (data, crc) = (&data, &crc_b64);
     let out = engine
-        .run_keyed(key, Op::PutObject, bytes.len() as u64, move || async move {
+        .run_keyed(key, Op::PutObject, len, move || async move {
             engine
                 .s3
                 .put_object()
                 .bucket(bucket)
                 .key(key)
-                .body(engine.upload_body(body))
+                .body(data.attempt_body(engine).await?)
                 .checksum_crc64_nvme(crc)
                 .set_content_type(opts.content_type.clone())
                 .set_metadata(Some(opts.metadata.clone()).filter(|m| !m.is_empty()))
@@ -242,7 +352,7 @@ async fn put_single(engine: &Engine, bucket: &str, key: &str, data: FrozenBuf, o
         .await
         .map_err(|e| e.with_object(bucket, key))?;
     Ok(PutResult {
-        bytes: bytes.len() as u64,
+        bytes: len,
         parts: 1,
         multipart: false,
         e_tag: out.e_tag().map(str::to_owned),
@@ -297,8 +407,8 @@ async fn send_parts<R: AsyncRead + Unpin>(
     bucket: &str,
     key: &str,
     upload_id: &str,
-    reader: &mut R,
-    first: Option<(PooledBuf, u64)>,
+    src: &mut Source<R>,
+    first: Option<(PartData, u64)>,
     mut resumed: Vec<JournaledPart>,
     opts: &PutOptions,
 ) -> Result<Vec<PartDone>> {
@@ -312,7 +422,7 @@ async fn send_parts<R: AsyncRead + Unpin>(
     let mut next = first;
     let mismatch = |detail: String| Error::ResumeMismatch { bucket: bucket.into(), key: key.into(), detail };
     loop {
-        let (buf, size) = match next.take() {
+        let (data, size) = match next.take() {
             Some(b) => b,
             None => {
                 let step = plan_step(&resumed, next_known, sent, number).map_err(mismatch)?;
@@ -321,10 +431,10 @@ async fn send_parts<R: AsyncRead + Unpin>(
                     Step::Exact { size, .. } => *size,
                     Step::Fresh { number } => engine.next_part_size(*number, sent, opts.content_length),
                 };
-                let buf = read_part(reader, engine.pool.acquire(size).await, size).await?;
+                let data = src.next(engine, size, is_tail(engine, opts, sent, size)).await?;
                 if let Step::Known(p) = step {
-                    let (crc, crc_b64) = crc64nvme_b64(buf.as_slice());
-                    if buf.len() as u64 != p.size || crc != p.crc64nvme {
+                    let (crc, crc_b64) = data.crc().await?;
+                    if data.len() != p.size || crc != p.crc64nvme {
                         return Err(mismatch(format!(
                             "part {} (bytes {}..{}) differs from what the interrupted run sent; the source changed",
                             p.number,
@@ -338,14 +448,24 @@ async fn send_parts<R: AsyncRead + Unpin>(
                     next_known += 1;
                     continue;
                 }
-                (buf, size)
+                (data, size)
             }
         };
-        if buf.is_empty() {
+        let len = data.len();
+        if len == 0 {
             break;
         }
-        let len = buf.len() as u64;
-        tasks.spawn(send_part(engine.clone(), ids.clone(), number, sent, buf.freeze(), opts.journal.clone()));
+        let tail = is_tail(engine, opts, sent, size);
+        let steering = if tail { Steering::Tail } else { Steering::Steers };
+        // A part is started only when the window has room for it, so that `sent` is what
+        // has started (a file's parts are not held back by reading them).
+        while tasks.len() >= engine.window.limit() * engine.room(steering) {
+            match tasks.join_next().await {
+                Some(res) => done.push(res.map_err(|e| Error::Config(format!("part task failed: {e}")))??),
+                None => break,
+            }
+        }
+        tasks.spawn(send_part(engine.clone(), ids.clone(), number, sent, data, steering, opts.journal.clone()));
         sent += len;
         while let Some(res) = tasks.try_join_next() {
             done.push(res.map_err(|e| Error::Config(format!("part task failed: {e}")))??);
@@ -359,13 +479,8 @@ async fn send_parts<R: AsyncRead + Unpin>(
             break;
         }
         if number == MAX_PARTS {
-            // The reader may still hold data; S3 cannot take another part.
-            let mut probe = [0u8; 1];
-            let more = reader
-                .read(&mut probe)
-                .await
-                .map_err(|source| Error::Stream { context: "reading upload source", source })?;
-            if more > 0 {
+            // The source may hold more; S3 cannot take another part.
+            if src.has_more().await? {
                 return Err(Error::TooLarge(format!(
                     "more than {MAX_PARTS} parts of up to {size} bytes; raise --memory-budget to allow larger parts"
                 )));
@@ -381,27 +496,34 @@ async fn send_parts<R: AsyncRead + Unpin>(
     Ok(done)
 }
 
+/// Whether the part starting at `sent` is one of the last: no more parts are left to
+/// start than are in flight, so they start together now rather than one by one as those
+/// finish (see `Steering::Tail`).
+fn is_tail(engine: &Engine, opts: &PutOptions, sent: u64, size: u64) -> bool {
+    opts.content_length.is_some_and(|total| total.saturating_sub(sent) <= engine.window.in_use() as u64 * size)
+}
+
 async fn send_part(
     engine: Arc<Engine>,
     ids: Arc<(String, String, String)>,
     number: u32,
     offset: u64,
-    data: FrozenBuf,
+    data: PartData,
+    steering: Steering,
     journal: Option<Arc<dyn UploadJournal>>,
 ) -> Result<PartDone> {
     let (bucket, key, upload_id) = (&ids.0, &ids.1, &ids.2);
-    let bytes = data.bytes().clone();
-    let len = bytes.len() as u64;
-    let (crc, crc_b64) = crc64nvme_b64(&bytes);
-    let (e, body, crc_ref) = (&*engine, &bytes, &crc_b64);
+    let len = data.len();
+    let (crc, crc_b64) = data.crc().await?;
+    let (e, data_ref, crc_ref) = (&*engine, &data, &crc_b64);
     let out = e
-        .run_keyed(key, Op::UploadPart, len, move || async move {
+        .run_steering(key, Op::UploadPart, len, steering, move || async move {
             e.s3.upload_part()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number as i32)
-                .body(e.upload_body(body))
+                .body(data_ref.attempt_body(e).await?)
                 .checksum_crc64_nvme(crc_ref)
                 .customize()
                 .disable_payload_signing()
@@ -410,7 +532,6 @@ async fn send_part(
                 .map_err(|err| e.sdk_failure(err))
         })
         .await?;
-    drop(bytes);
     drop(data);
     let e_tag = out.e_tag().unwrap_or_default().to_owned();
     if let Some(journal) = journal {
