@@ -110,6 +110,12 @@ impl Failure {
     }
 }
 
+/// A share of the memory budget ([`OptimizedS3Client::reserve_memory`]), returned on drop.
+#[derive(Debug)]
+pub struct MemoryReservation {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// How a data request takes part in the window and the controllers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Steering {
@@ -339,6 +345,13 @@ impl OptimizedS3Client {
     /// Live counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.engine.metrics.snapshot()
+    }
+
+    /// Takes `bytes` of the memory budget (clamped to it) for object data the caller holds
+    /// outside the client (an archive's decoded frames on their way to files), waiting
+    /// while the budget is spent; it comes back when the reservation is dropped.
+    pub async fn reserve_memory(&self, bytes: u64) -> MemoryReservation {
+        MemoryReservation { _permit: self.engine.pool.reserve(bytes).await }
     }
 
     /// Bytes of the memory budget in use right now (never above it): object data held in

@@ -37,7 +37,10 @@ pub mod performance;
 
 pub use adaptive::controller::{ControllerKind, ControllerState};
 pub use adaptive::monitor::TimelinePoint;
-pub use client::{ListEntry, Listing, MultipartUploadInfo, ObjectInfo, ObserverId, OptimizedS3Client, SampleObserver};
+pub use client::{
+    ListEntry, Listing, MemoryReservation, MultipartUploadInfo, ObjectInfo, ObserverId, OptimizedS3Client,
+    SampleObserver,
+};
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use performance::block_cache::CacheStats;

@@ -202,12 +202,25 @@ pub async fn extract_suitcase(
         }
     }
     let mut sink = Some(Sink { files, next: 0, open: Vec::new(), target, mismatches: Vec::new(), progress });
-    let mut fetched = futures::stream::iter(chunks.clone()).map(|c| reader.frames(s, c)).buffered(CHUNKS_AHEAD);
+    // Each chunk's stored and decoded bytes count against the client's memory budget until
+    // written (restore's own buffers would otherwise come on top of it). The shares are taken in chunk order (`then` runs one at a time), so a chunk
+    // never waits on budget held by later chunks that can only be written after it.
+    let client = reader.client();
+    let mut fetched = std::pin::pin!(
+        futures::stream::iter(chunks.clone())
+            .then(|c| async move {
+                // Stored twice: the ranges as they arrive and the chunk they are joined into.
+                let bytes: u64 = c.clone().map(|f| 2 * frames[f].stored_len() + frames[f].tar_len()).sum();
+                (c, client.reserve_memory(bytes).await)
+            })
+            .map(|(c, held)| async move { reader.frames(s, c).await.map(|d| (d, held)) })
+            .buffered(CHUNKS_AHEAD)
+    );
     let mut chunk_iter = chunks.into_iter();
     let result: Result<()> = async {
         while let Some(decoded) = fetched.next().await {
             let range = chunk_iter.next().expect("one range per chunk");
-            let decoded = decoded?;
+            let (decoded, held) = decoded?;
             let offsets: Vec<u64> = range.map(|f| frames[f].tar_offset()).collect();
             let mut s = sink.take().expect("sink is back");
             let (back, res) = tokio::task::spawn_blocking(move || {
@@ -216,6 +229,7 @@ pub async fn extract_suitcase(
             })
             .await
             .expect("extract task");
+            drop(held);
             sink = Some(back);
             res?;
         }
