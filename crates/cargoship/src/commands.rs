@@ -133,7 +133,7 @@ pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
         if from_stdin {
             client.put_object(&dest.bucket, &dest.key, tokio::io::stdin(), opts).await
         } else {
-            // Parts are read from the file as they are sent: they take no memory budget.
+            // Parts are read from the file as they are sent: they hold no memory.
             client.put_file(&dest.bucket, &dest.key, &source_path, opts).await
         }
     };

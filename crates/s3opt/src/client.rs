@@ -127,10 +127,11 @@ pub(crate) enum Steering {
     /// samples out of its bandwidth estimate for the same reason).
     AppLimited,
     /// One of the last parts of an upload: steers, and, unless the window is fixed, may
-    /// start while up to twice the window is in flight. On a path that caps each connection, parts that start at
-    /// different times end at different times, and the link idles while the last few
-    /// finish alone at one connection's rate; the parts left once no more remain than are
-    /// in flight start together instead, and share the link until they end together.
+    /// start while up to twice the window is in flight. On a path that caps each
+    /// connection, parts that start at different times end at different times, and the
+    /// link idles while the last few finish alone at one connection's rate; the parts left
+    /// once no more remain than are in flight start together instead, and share the link
+    /// until they end together.
     Tail,
 }
 
@@ -383,9 +384,9 @@ impl OptimizedS3Client {
     /// Uploads the file at `path` to `bucket/key`, as [`OptimizedS3Client::put_object`]
     /// does a stream, except that its parts are read from the file while they are sent:
     /// parts in flight hold no memory (they count against the budget all the same, which
-    /// bounds how much is queued, except the last ones, which start together). The file must not
-    /// change meanwhile; if it does, its parts' checksums no longer match and the upload
-    /// fails.
+    /// bounds how much is queued, except the last ones, which start together). The file
+    /// must not change meanwhile; if it does, its parts' checksums no longer match and the
+    /// upload fails.
     pub async fn put_file(
         &self,
         bucket: &str,

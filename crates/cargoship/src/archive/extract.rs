@@ -203,8 +203,9 @@ pub async fn extract_suitcase(
     }
     let mut sink = Some(Sink { files, next: 0, open: Vec::new(), target, mismatches: Vec::new(), progress });
     // Each chunk's stored and decoded bytes count against the client's memory budget until
-    // written (restore's own buffers would otherwise come on top of it). The shares are taken in chunk order (`then` runs one at a time), so a chunk
-    // never waits on budget held by later chunks that can only be written after it.
+    // written (restore's own buffers would otherwise come on top of it). The shares are
+    // taken in chunk order (`then` runs one at a time), so a chunk never waits on budget
+    // held by later chunks that can only be written after it.
     let client = reader.client();
     let mut fetched = std::pin::pin!(
         futures::stream::iter(chunks.clone())

@@ -164,7 +164,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
             }
             Source::File { path, len, pos } => {
                 let n = size.min(*len - *pos);
-                let held = if tail || n == 0 { None } else { Some(engine.pool.reserve(n).await) };
+                let held = if tail { None } else { Some(engine.pool.reserve(n).await) };
                 let part = PartData::File { path: path.clone(), offset: *pos, len: n, _held: held };
                 *pos += n;
                 Ok(part)
@@ -227,7 +227,6 @@ impl PartData {
     async fn body(&self) -> Result<ByteStream> {
         match self {
             PartData::Mem(buf) => Ok(ByteStream::from(buf.bytes().clone())),
-            PartData::File { len: 0, .. } => Ok(ByteStream::from_static(b"")),
             PartData::File { path, offset, len, .. } => ByteStream::read_from()
                 .path(&**path)
                 .offset(*offset)
@@ -268,7 +267,7 @@ where
             if let Some(journal) = &opts.journal {
                 journal.upload_started(&upload_id);
             }
-            (upload_id, Some((first, size)), Vec::new())
+            (upload_id, Some((first, size, false)), Vec::new())
         }
     };
     let keep_for_resume = opts.journal.is_some();
@@ -408,7 +407,7 @@ async fn send_parts<R: AsyncRead + Unpin>(
     key: &str,
     upload_id: &str,
     src: &mut Source<R>,
-    first: Option<(PartData, u64)>,
+    first: Option<(PartData, u64, bool)>,
     mut resumed: Vec<JournaledPart>,
     opts: &PutOptions,
 ) -> Result<Vec<PartDone>> {
@@ -422,7 +421,7 @@ async fn send_parts<R: AsyncRead + Unpin>(
     let mut next = first;
     let mismatch = |detail: String| Error::ResumeMismatch { bucket: bucket.into(), key: key.into(), detail };
     loop {
-        let (data, size) = match next.take() {
+        let (data, size, tail) = match next.take() {
             Some(b) => b,
             None => {
                 let step = plan_step(&resumed, next_known, sent, number).map_err(mismatch)?;
@@ -431,7 +430,8 @@ async fn send_parts<R: AsyncRead + Unpin>(
                     Step::Exact { size, .. } => *size,
                     Step::Fresh { number } => engine.next_part_size(*number, sent, opts.content_length),
                 };
-                let data = src.next(engine, size, is_tail(engine, opts, sent, size)).await?;
+                let tail = is_tail(engine, opts, sent, size);
+                let data = src.next(engine, size, tail).await?;
                 if let Step::Known(p) = step {
                     let (crc, crc_b64) = data.crc().await?;
                     if data.len() != p.size || crc != p.crc64nvme {
@@ -448,27 +448,26 @@ async fn send_parts<R: AsyncRead + Unpin>(
                     next_known += 1;
                     continue;
                 }
-                (data, size)
+                (data, size, tail)
             }
         };
         let len = data.len();
         if len == 0 {
             break;
         }
-        let tail = is_tail(engine, opts, sent, size);
         let steering = if tail { Steering::Tail } else { Steering::Steers };
         // A part is started only when the window has room for it, so that `sent` is what
         // has started (a file's parts are not held back by reading them).
         while tasks.len() >= engine.window.limit() * engine.room(steering) {
             match tasks.join_next().await {
-                Some(res) => done.push(res.map_err(|e| Error::Config(format!("part task failed: {e}")))??),
+                Some(res) => done.push(joined(res)?),
                 None => break,
             }
         }
         tasks.spawn(send_part(engine.clone(), ids.clone(), number, sent, data, steering, opts.journal.clone()));
         sent += len;
         while let Some(res) = tasks.try_join_next() {
-            done.push(res.map_err(|e| Error::Config(format!("part task failed: {e}")))??);
+            done.push(joined(res)?);
         }
         if len < size {
             if next_known < resumed.len() {
@@ -490,10 +489,15 @@ async fn send_parts<R: AsyncRead + Unpin>(
         number += 1;
     }
     while let Some(res) = tasks.join_next().await {
-        done.push(res.map_err(|e| Error::Config(format!("part task failed: {e}")))??);
+        done.push(joined(res)?);
     }
     done.sort_by_key(|p| p.number);
     Ok(done)
+}
+
+/// A part task's result (a panicked task is an error, not a crash).
+fn joined(res: std::result::Result<Result<PartDone>, tokio::task::JoinError>) -> Result<PartDone> {
+    res.map_err(|e| Error::Config(format!("part task failed: {e}")))?
 }
 
 /// Whether the part starting at `sent` is one of the last: no more parts are left to
