@@ -12,6 +12,7 @@
 //! on a mismatch, nothing assembled) and recorded so `HEAD`/`GET` return it, as S3 does.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -167,23 +168,59 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// Reads a body whole and checks it against its `x-amz-checksum-crc64nvme` if one is given;
-/// hands the bytes on as a new body with their CRC64NVME, or fails with `BadDigest` as S3 does.
-async fn checked_body(mut body: StreamingBlob, expected: Option<&str>) -> S3Result<(StreamingBlob, u64, u64)> {
-    let mut data = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        data.extend_from_slice(&chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?);
+/// What a [`checked_body`] saw by the time it ended: its length, its CRC64NVME, and how it
+/// differed from the request's `x-amz-checksum-crc64nvme`, if it did.
+#[derive(Default)]
+struct Seen {
+    len: u64,
+    crc: u64,
+    mismatch: Option<String>,
+}
+
+/// Passes `body` on chunk by chunk while computing its CRC64NVME, so that the hashing is
+/// spread over the transfer (a part is acknowledged as soon as its last byte is stored,
+/// as by S3, instead of after being read whole and hashed). A body whose CRC differs from
+/// `expected` ends with an error instead of its end: s3s-fs writes to a temporary file and
+/// renames it into place only after a clean end, so nothing is stored, and the caller
+/// answers `BadDigest` from [`Seen`], as S3 does.
+fn checked_body(body: StreamingBlob, expected: Option<String>) -> (StreamingBlob, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let state = (body, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme), 0u64, expected, seen.clone(), false);
+    let stream = futures::stream::unfold(state, |(mut body, mut digest, mut len, expected, seen, ended)| async move {
+        if ended {
+            return None;
+        }
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                digest.update(&chunk);
+                len += chunk.len() as u64;
+                Some((Ok(chunk), (body, digest, len, expected, seen, false)))
+            }
+            Some(Err(e)) => Some((Err(std::io::Error::other(e)), (body, digest, len, expected, seen, true))),
+            None => {
+                let crc = digest.finalize();
+                let actual = STANDARD.encode(crc.to_be_bytes());
+                let mismatch = expected
+                    .filter(|e| *e != actual)
+                    .map(|e| format!("checksum_crc64nvme mismatch: expected `{e}`, got `{actual}`"));
+                let failed = mismatch.is_some();
+                *seen.lock().expect("seen lock") = Seen { len, crc, mismatch };
+                failed.then(|| {
+                    let err = std::io::Error::other("checksum mismatch");
+                    (Err(err), (body, digest, len, None, seen, true))
+                })
+            }
+        }
+    });
+    (StreamingBlob::wrap(stream), seen)
+}
+
+/// `BadDigest` if the checked body did not match its checksum header.
+fn bad_digest(seen: &Mutex<Seen>) -> S3Result<()> {
+    match seen.lock().expect("seen lock").mismatch.take() {
+        Some(detail) => Err(s3_error!(BadDigest, "{detail}")),
+        None => Ok(()),
     }
-    let data = data.freeze();
-    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data);
-    let actual = STANDARD.encode(crc.to_be_bytes());
-    if let Some(expected) = expected
-        && actual != expected
-    {
-        return Err(s3_error!(BadDigest, "checksum_crc64nvme mismatch: expected `{expected}`, got `{actual}`"));
-    }
-    let len = data.len() as u64;
-    Ok((StreamingBlob::wrap(futures::stream::once(async move { Ok::<_, std::convert::Infallible>(data) })), crc, len))
 }
 
 /// CRC64NVME of a whole file, base64 of its big-endian bytes (S3's header format).
@@ -280,13 +317,15 @@ impl S3 for Store {
             return Err(s3_error!(NoSuchBucket));
         }
         // s3s-fs renames the new file into place before it compares checksums, so a
-        // corrupted PUT would replace the object and then fail. Check first.
-        if let Some(expected) = req.input.checksum_crc64nvme.clone()
-            && let Some(body) = req.input.body.take()
-        {
-            req.input.body = Some(checked_body(body, Some(&expected)).await?.0);
-        }
-        self.fs.put_object(req).await
+        // corrupted PUT would replace the object and then fail: the checked body fails
+        // the write itself, before the rename.
+        let Some(expected) = req.input.checksum_crc64nvme.clone() else { return self.fs.put_object(req).await };
+        let Some(body) = req.input.body.take() else { return self.fs.put_object(req).await };
+        let (body, seen) = checked_body(body, Some(expected));
+        req.input.body = Some(body);
+        let out = self.fs.put_object(req).await;
+        bad_digest(&seen)?;
+        out
     }
     async fn create_multipart_upload(
         &self,
@@ -309,9 +348,15 @@ impl S3 for Store {
         let expected = req.input.checksum_crc64nvme.clone();
         let (upload_id, part) = (req.input.upload_id.clone(), req.input.part_number);
         let body = req.input.body.take().ok_or_else(|| s3_error!(IncompleteBody))?;
-        let (body, crc64nvme, size) = checked_body(body, expected.as_deref()).await?;
+        let (body, seen) = checked_body(body, expected.clone());
         req.input.body = Some(body);
-        let mut out = self.fs.upload_part(req).await?;
+        let out = self.fs.upload_part(req).await;
+        bad_digest(&seen)?;
+        let mut out = out?;
+        let (size, crc64nvme) = {
+            let seen = seen.lock().expect("seen lock");
+            (seen.len, seen.crc)
+        };
         let e_tag = out.output.e_tag.as_ref().and_then(|t| t.as_strong()).unwrap_or_default().to_owned();
         let record =
             serde_json::to_vec(&PartRecord { e_tag, size, crc64nvme }).map_err(|e| s3_error!(e, InternalError))?;

@@ -186,8 +186,14 @@ async fn a_corrupted_upload_body_is_rejected_by_the_server_checksum() {
             .disable_payload_signing()
             .send()
     };
+    // An object already there is left as it was by the corrupted PUT, not replaced.
+    env.direct.put_object().bucket("bkt").key("c").body(b"old".to_vec().into()).send().await.unwrap();
     assert_eq!(put(body.clone()).await.unwrap_err().code(), Some("BadDigest"));
-    put(body).await.unwrap();
+    let old = env.direct.get_object().bucket("bkt").key("c").send().await.unwrap();
+    assert_eq!(old.body.collect().await.unwrap().into_bytes().as_ref(), b"old");
+    put(body.clone()).await.unwrap();
+    let new = env.direct.get_object().bucket("bkt").key("c").send().await.unwrap();
+    assert_eq!(new.body.collect().await.unwrap().into_bytes().as_ref(), &body[..]);
     assert_eq!(env.emu.report().totals.corruptions_injected, 1);
     let _ = &env.server;
 }
