@@ -419,7 +419,7 @@ impl OptimizedS3Client {
     /// Downloads to a file: written beside it under a temporary name and renamed into
     /// place only once complete and verified, so a failed download leaves no partial file.
     pub async fn get_object_to_file(&self, bucket: &str, key: &str, path: &std::path::Path) -> Result<GetResult> {
-        download::get_object_to_file(&self.engine, bucket, key, path).await
+        crate::performance::to_file::get_object_to_file(&self.engine, bucket, key, path).await
     }
 
     /// Reads `len` bytes at `offset` (`len` 0: to the end). A read up to one part costs
@@ -656,6 +656,13 @@ impl Engine {
                 }
             };
             let finished = Instant::now();
+            tracing::debug!(
+                op = op.name(),
+                bytes,
+                ms = finished.duration_since(started).as_millis() as u64,
+                ok = result.is_ok(),
+                "request finished"
+            );
             if windowed && result.is_ok() {
                 self.newest_done.fetch_max(started.duration_since(self.epoch).as_nanos() as u64, Relaxed);
             }

@@ -213,3 +213,31 @@ async fn a_request_stalled_in_the_first_round_is_hedged_once_latency_is_known() 
     assert_eq!(client.metrics().hedges, 1, "the stalled PUT was hedged, nothing else");
     assert!(secs < 10.0, "{secs:.1} s: the stall of 30 s was not waited out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_to_a_file_does_not_wait_out_a_range_stalled_at_the_end() {
+    // 4 ranges of 6 MiB at 4 MB/s each; the first one (request 1: request 0 is the HEAD)
+    // stalls for 20 s somewhere in its body. The other three end after ~1.6 s; then the
+    // window has room, the stalled range's unreceived bytes are split off, and once it has
+    // received nothing for a second, all it has left goes to a GET of its own.
+    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\n[faults]\nstall_at = [1]\nstall_secs = 20.0";
+    let (dir, server, emu, client) = via_emulator_with(scenario, |cfg| {
+        cfg.controller = s3opt::ControllerKind::Fixed(4);
+        cfg.part_size = 8 * MIB;
+    })
+    .await;
+    let src = data(24 * MIB as usize, 7);
+    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
+    direct.put_object(BUCKET, "stall.bin", &src[..], PutOptions::default()).await.unwrap();
+    let dest = dir.path().join("stall.out");
+    let started = std::time::Instant::now();
+    let got = client.get_object_to_file(BUCKET, "stall.bin", &dest).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(emu.report().totals.stalls_injected, 1);
+    assert!(std::fs::read(&dest).unwrap() == src, "downloaded bytes differ");
+    assert_eq!(got.verified_with, Some("CRC64NVME"), "the ranges' and the pieces' checksums combined");
+    assert!(got.splits >= 1, "the stalled range was split: {got:?}");
+    assert!(secs < 8.0, "{secs:.1} s: the 20 s stall was waited out");
+    let m = client.metrics();
+    assert_eq!(m.bytes_received, src.len() as u64, "pieces split off are not counted twice");
+}

@@ -2,12 +2,10 @@
 //!
 //! Ranges (one part size each, read live so a controller can change it) are fetched
 //! concurrently. To a stream, they land in pool buffers and are written strictly in order,
-//! feeding a running checksum. To a file, each range writes its response's chunks at its
-//! own offset as they arrive (no reassembly, no copy) and checksums itself; the ranges'
-//! checksums are combined in order. Either way the result must equal the full-object
-//! checksum S3 stored. `get_range` is the ObjectFS path: a small read is one small GET.
+//! feeding a running checksum that must equal the full-object checksum S3 stored (to a
+//! file, see [`to_file`](super::to_file)). `get_range` is the ObjectFS path: a small read
+//! is one small GET.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -15,10 +13,9 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::{Engine, Failure, ObjectInfo, Steering, check_length, next_chunk, read_body};
+use crate::client::{Engine, Failure, ObjectInfo, Steering, read_body};
 use crate::error::{Error, Result};
-use crate::integrity::StreamHasher;
-use crate::network::{Op, Outcome};
+use crate::network::Op;
 use crate::performance::buffer::PooledBuf;
 
 /// Ranged GETs queued ahead of the writer at most (the window, up to this; memory is
@@ -30,8 +27,11 @@ const LOOKAHEAD: usize = 256;
 pub struct GetResult {
     /// Bytes written.
     pub bytes: u64,
-    /// Ranged GETs issued (not counting retries).
+    /// Ranged GETs issued (not counting retries, hedges or splits).
     pub ranges: u32,
+    /// Ranges whose second half went to a GET of its own so the last ranges end together
+    /// (downloads to a file).
+    pub splits: u32,
     /// Checksum algorithm the data was verified with; `None` when S3 stored no full-object
     /// checksum for it (e.g. objects uploaded by other tools as composite multipart).
     pub verified_with: Option<&'static str>,
@@ -43,7 +43,7 @@ fn range_header(offset: u64, len: u64) -> String {
 
 /// One attempt of a ranged GET (`len` 0: to the end), only of the version with `etag`
 /// when given.
-async fn get(
+pub(super) async fn get(
     engine: &Engine,
     bucket: &str,
     key: &str,
@@ -145,7 +145,7 @@ pub(crate) const MIN_RANGE: u64 = 1024 * 1024;
 /// the window admits, and a new one is queued as soon as any finishes (not only the
 /// oldest). So a large object's ranges follow the controller's latest range size instead
 /// of all taking the first guess.
-fn in_order<'a, T: 'a, Fut>(
+pub(super) fn in_order<'a, T: 'a, Fut>(
     engine: &'a Engine,
     start: u64,
     end: u64,
@@ -211,11 +211,16 @@ where
     }
     writer.flush().await.map_err(writing_failed)?;
     verify(bucket, key, &info, hasher.map(|h| h.finish_b64()))?;
-    Ok(GetResult { bytes: written, ranges: count, verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()) })
+    Ok(GetResult {
+        bytes: written,
+        ranges: count,
+        splits: 0,
+        verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()),
+    })
 }
 
 /// Checks what was downloaded against the full-object checksum S3 stored (if any).
-fn verify(bucket: &str, key: &str, info: &ObjectInfo, actual: Option<String>) -> Result<()> {
+pub(super) fn verify(bucket: &str, key: &str, info: &ObjectInfo, actual: Option<String>) -> Result<()> {
     if let (Some(actual), Some(expected)) = (actual, &info.checksum)
         && actual != expected.value
     {
@@ -226,166 +231,6 @@ fn verify(bucket: &str, key: &str, info: &ObjectInfo, actual: Option<String>) ->
         });
     }
     Ok(())
-}
-
-/// Bytes of a response collected before they are written to the file; a range has at most
-/// one batch being written and one filling.
-const WRITE_BATCH: u64 = 1 << 20;
-
-/// Writes a range's chunks at their offsets in the file, a batch at a time on the blocking
-/// pool, straight from the response's own buffers (no copy, no buffer to fault in).
-struct PositionalWriter<'a> {
-    file: &'a Arc<std::fs::File>,
-    path: &'a Path,
-    /// File offset of the first pending byte.
-    pos: u64,
-    pending: Vec<Bytes>,
-    pending_len: u64,
-    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl<'a> PositionalWriter<'a> {
-    fn new(file: &'a Arc<std::fs::File>, path: &'a Path, pos: u64) -> Self {
-        Self { file, path, pos, pending: Vec::new(), pending_len: 0, writing: None }
-    }
-
-    async fn push(&mut self, chunk: Bytes) -> Result<(), Failure> {
-        self.pending_len += chunk.len() as u64;
-        self.pending.push(chunk);
-        if self.pending_len >= WRITE_BATCH { self.submit().await } else { Ok(()) }
-    }
-
-    /// Waits for the write in flight, then starts writing what is pending.
-    async fn submit(&mut self) -> Result<(), Failure> {
-        self.settle().await?;
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let (file, chunks, mut pos) = (self.file.clone(), std::mem::take(&mut self.pending), self.pos);
-        self.pos += std::mem::take(&mut self.pending_len);
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            for chunk in chunks {
-                file.write_all_at(&chunk, pos)?;
-                pos += chunk.len() as u64;
-            }
-            Ok(())
-        }));
-        Ok(())
-    }
-
-    async fn settle(&mut self) -> Result<(), Failure> {
-        let Some(writing) = self.writing.take() else { return Ok(()) };
-        writing.await.expect("file writer task").map_err(|source| {
-            let error = Error::Io { context: "cannot write destination", path: self.path.to_owned(), source };
-            Failure::new(Outcome::ClientError, error)
-        })
-    }
-
-    /// Everything pushed is on its way into the file and the last write has finished.
-    async fn flush(&mut self) -> Result<(), Failure> {
-        self.submit().await?;
-        self.settle().await
-    }
-}
-
-/// Where a range's retry resumes: bytes written so far and their checksum.
-struct Written {
-    have: u64,
-    hasher: Option<StreamHasher>,
-}
-
-/// One ranged GET of `len` (> 0) bytes at `offset` streamed into `file` at the same
-/// offset, with retries resuming after what was written. Every GET is pinned with
-/// `If-Match` to the ETag HEAD reported, so a hedge and its original (which may both write
-/// the same range) and a resumed attempt write the same version's bytes. Returns the
-/// range's checksum (when `fresh` is a hasher).
-#[allow(clippy::too_many_arguments)]
-async fn fetch_to_file(
-    engine: &Engine,
-    bucket: &str,
-    key: &str,
-    etag: Option<&str>,
-    (offset, len): (u64, u64),
-    file: &Arc<std::fs::File>,
-    path: &Path,
-    fresh: Option<StreamHasher>,
-) -> Result<Option<StreamHasher>> {
-    let slot = &std::sync::Mutex::new(None::<Written>);
-    // The chunks this range may hold on their way to the file count against the budget.
-    let _reserved = engine.pool.reserve(len.min(2 * WRITE_BATCH)).await;
-    let fresh = &fresh;
-    engine
-        .run_steering(key, Op::GetObject, len, Steering::Steers, move || async move {
-            // A hedge running beside an attempt finds the slot empty and starts afresh.
-            let taken = slot.lock().expect("slot").take();
-            let Written { mut have, mut hasher } = taken.unwrap_or(Written { have: 0, hasher: fresh.clone() });
-            let mut out = PositionalWriter::new(file, path, offset + have);
-            let received = async {
-                let response = get(engine, bucket, key, offset + have, len - have, etag).await?;
-                let (mut body, from) = (response.body, have);
-                while let Some(chunk) = next_chunk(engine, &mut body).await? {
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&chunk);
-                    }
-                    have += chunk.len() as u64;
-                    out.push(chunk).await?;
-                }
-                check_length(Some(len - from), have - from)
-            }
-            .await;
-            // What was received is written before anyone resumes after it.
-            out.flush().await?;
-            match received {
-                Ok(()) => Ok(hasher),
-                Err(failure) => {
-                    *slot.lock().expect("slot") = Some(Written { have, hasher });
-                    Err(failure)
-                }
-            }
-        })
-        .await
-        .map_err(|e| e.with_downloaded_object(bucket, key))
-}
-
-pub(crate) async fn get_object_to_file(
-    engine: &Arc<Engine>,
-    bucket: &str,
-    key: &str,
-    path: &Path,
-) -> Result<GetResult> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
-    let tmp = path.with_file_name(format!(".{name}.cargoship-partial"));
-    let cannot_write = |source| Error::Io { context: "cannot write destination", path: path.to_owned(), source };
-    let file = Arc::new(tokio::fs::File::create(&tmp).await.map_err(cannot_write)?.into_std().await);
-    let result = async {
-        let info = engine.head(bucket, key).await?;
-        let start = info.checksum.as_ref().map(|c| c.hasher());
-        let mut whole = info.checksum.as_ref().map(|c| c.combiner());
-        let etag = info.e_tag.as_deref();
-        let mut ranges = std::pin::pin!(in_order(engine, 0, info.size, |off, len| {
-            fetch_to_file(engine, bucket, key, etag, (off, len), &file, path, start.clone())
-        }));
-        let mut count = 0u32;
-        while let Some(range) = ranges.next().await {
-            if let (Some(whole), Some(h)) = (whole.as_mut(), range?) {
-                whole.append(&h);
-            }
-            count += 1;
-        }
-        verify(bucket, key, &info, whole.map(|w| w.b64()))?;
-        tokio::fs::rename(&tmp, path).await.map_err(cannot_write)?;
-        Ok(GetResult {
-            bytes: info.size,
-            ranges: count,
-            verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()),
-        })
-    }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
 }
 
 pub(crate) async fn get_range(engine: &Arc<Engine>, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {

@@ -8,4 +8,5 @@ pub mod download;
 pub mod metrics;
 pub(crate) mod paced;
 pub mod reader;
+pub(crate) mod to_file;
 pub mod upload;
