@@ -11,9 +11,9 @@
 //!
 //! A range's progress is shared by all of its attempts (a retry, a hedge): an attempt
 //! claims the bytes it has *written* past what is already done, in order, under the
-//! range's lock, and feeds exactly those to the range's checksum. So attempts cooperate
-//! instead of starting afresh, nothing is hashed twice or missed, and a split only has to
-//! lower the range's end.
+//! range's lock, and with them the checksum it computed as they arrived. So attempts
+//! cooperate instead of starting afresh, no byte is missed, and a split only has to lower
+//! the range's end.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,8 +33,11 @@ use crate::performance::download::{GetResult, get, in_order, verify};
 /// most one batch being written and one filling.
 const WRITE_BATCH: u64 = 1 << 20;
 
-/// A range is split only if each half gets at least this much.
+/// A range is split only if each half gets at least this much, and at least
+/// [`SPLIT_SECS`] of what one request moves: where a request is over in milliseconds (a
+/// LAN), a new GET costs more than it saves.
 const MIN_SPLIT: u64 = 512 * 1024;
+const SPLIT_SECS: f64 = 0.5;
 
 /// How often the window is checked for room to split into.
 const SPLIT_CHECK: Duration = Duration::from_millis(20);
@@ -88,9 +91,9 @@ impl Ranges {
     }
 
     /// Cuts the range with the most bytes not yet received in two, if each half gets at
-    /// least [`MIN_SPLIT`]: the range now ends halfway through what it has left, and the
+    /// least `min_half`: the range now ends halfway through what it has left, and the
     /// returned new range (hashed with `fresh`) covers the rest.
-    fn split_largest(&self, fresh: &Option<StreamHasher>) -> Option<Range> {
+    fn split_largest(&self, fresh: &Option<StreamHasher>, min_half: u64) -> Option<Range> {
         let mut open = self.open.lock().expect("ranges lock");
         open.retain(|r| {
             let r = lock(r);
@@ -103,7 +106,7 @@ impl Ranges {
         let piece = {
             let mut r = lock(largest);
             let left = r.end.saturating_sub(r.read);
-            if left < 2 * MIN_SPLIT {
+            if left < 2 * min_half {
                 return None;
             }
             let mid = r.read + left / 2;
@@ -115,12 +118,15 @@ impl Ranges {
         Some(piece)
     }
 
-    /// Ranges stalled at `now` (see [`STALL_AFTER`]) end where they are; returns new
-    /// ranges (hashed with `fresh`) for what they had left.
-    fn cut_stalled(&self, now: Instant, fresh: &Option<StreamHasher>) -> Vec<Range> {
+    /// Up to `max` ranges stalled at `now` (see [`STALL_AFTER`]) end where they are;
+    /// returns new ranges (hashed with `fresh`) for what they had left.
+    fn cut_stalled(&self, now: Instant, fresh: &Option<StreamHasher>, max: usize) -> Vec<Range> {
         let mut open = self.open.lock().expect("ranges lock");
         let mut pieces = Vec::new();
         for range in open.iter() {
+            if pieces.len() >= max {
+                break;
+            }
             let mut r = lock(range);
             if r.end > r.read && r.progressed.is_some_and(|t| now.duration_since(t) >= STALL_AFTER) {
                 pieces.push(new_range(r.read, r.end, fresh.clone()));
@@ -133,9 +139,13 @@ impl Ranges {
     }
 }
 
+/// A batch being written: where it starts, and the attempt's checksum as of its end.
+type Writing = (u64, Option<StreamHasher>, tokio::task::JoinHandle<std::io::Result<Vec<Bytes>>>);
+
 /// Writes one attempt's chunks at their offsets, a batch at a time on the blocking pool,
-/// straight from the response's own buffers; after each batch is written, claims what it
-/// adds to the range (see the module doc).
+/// straight from the response's own buffers, and checksums them as they arrive (while
+/// they are in the cache); after each batch is written, claims what it adds to the range
+/// (see the module doc).
 struct PositionalWriter<'a> {
     file: &'a Arc<std::fs::File>,
     path: &'a Path,
@@ -144,15 +154,29 @@ struct PositionalWriter<'a> {
     pos: u64,
     pending: Vec<Bytes>,
     pending_len: u64,
-    writing: Option<(u64, tokio::task::JoinHandle<std::io::Result<Vec<Bytes>>>)>,
+    /// Checksum of `[range offset, pos + pending_len)`: the range's as the attempt began,
+    /// then this attempt's bytes. All attempts receive the same bytes (one version, pinned
+    /// by ETag), so it is the range's checksum up to there whoever claimed the middle.
+    hasher: Option<StreamHasher>,
+    writing: Option<Writing>,
 }
 
 impl<'a> PositionalWriter<'a> {
-    fn new(file: &'a Arc<std::fs::File>, path: &'a Path, range: &'a Range, pos: u64) -> Self {
-        Self { file, path, range, pos, pending: Vec::new(), pending_len: 0, writing: None }
+    /// Starts at `pos`, the range's `done` when `hasher` (its checksum then) was taken.
+    fn new(
+        file: &'a Arc<std::fs::File>,
+        path: &'a Path,
+        range: &'a Range,
+        pos: u64,
+        hasher: Option<StreamHasher>,
+    ) -> Self {
+        Self { file, path, range, pos, pending: Vec::new(), pending_len: 0, hasher, writing: None }
     }
 
     async fn push(&mut self, chunk: Bytes) -> Result<(), Failure> {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&chunk);
+        }
         self.pending_len += chunk.len() as u64;
         self.pending.push(chunk);
         if self.pending_len >= WRITE_BATCH { self.submit().await } else { Ok(()) }
@@ -166,32 +190,41 @@ impl<'a> PositionalWriter<'a> {
         }
         let (file, chunks, at) = (self.file.clone(), std::mem::take(&mut self.pending), self.pos);
         self.pos += std::mem::take(&mut self.pending_len);
-        self.writing = Some((
-            at,
-            tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut pos = at;
-                for chunk in &chunks {
-                    file.write_all_at(chunk, pos)?;
-                    pos += chunk.len() as u64;
-                }
-                Ok(chunks)
-            }),
-        ));
+        let write = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut pos = at;
+            for chunk in &chunks {
+                file.write_all_at(chunk, pos)?;
+                pos += chunk.len() as u64;
+            }
+            Ok(chunks)
+        });
+        self.writing = Some((at, self.hasher.clone(), write));
         Ok(())
     }
 
-    /// Waits for the write in flight and claims its bytes past what the range has done.
+    /// Waits for the write in flight and claims its bytes past what the range has done:
+    /// the attempt's checksum becomes the range's, unless the range now ends inside the
+    /// batch (split meanwhile), when the bytes up to the end are hashed onto the range's.
     async fn settle(&mut self) -> Result<(), Failure> {
-        let Some((mut at, writing)) = self.writing.take() else { return Ok(()) };
+        let Some((mut at, snapshot, writing)) = self.writing.take() else { return Ok(()) };
         let chunks = writing.await.expect("file writer task").map_err(|source| {
             let error = Error::Io { context: "cannot write destination", path: self.path.to_owned(), source };
             Failure::new(Outcome::ClientError, error)
         })?;
+        let batch_end = at + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
         let mut r = lock(self.range);
+        if r.done >= batch_end {
+            return Ok(());
+        }
+        if batch_end <= r.end {
+            r.hasher = snapshot;
+            r.done = batch_end;
+            return Ok(());
+        }
         for chunk in &chunks {
             let (from, to) = (at.max(r.done), (at + chunk.len() as u64).min(r.end));
-            if from < to && from == r.done {
+            if from < to {
                 if let Some(h) = r.hasher.as_mut() {
                     h.update(&chunk[(from - at) as usize..(to - at) as usize]);
                 }
@@ -234,15 +267,15 @@ async fn fetch_range(
     let range = &range;
     engine
         .run_steering(key, Op::GetObject, counted, Steering::Steers, move || async move {
-            let (from, to, cut) = {
+            let (from, to, cut, hasher) = {
                 let mut r = lock(range);
                 r.progressed = Some(Instant::now());
-                (r.done, r.end, r.cut.clone())
+                (r.done, r.end, r.cut.clone(), r.hasher.clone())
             };
             if from >= to {
                 return Ok(());
             }
-            let mut out = PositionalWriter::new(file, path, range, from);
+            let mut out = PositionalWriter::new(file, path, range, from, hasher);
             let received = async {
                 let response = get(engine, bucket, key, from, to - from, etag).await?;
                 let mut body = response.body;
@@ -335,13 +368,18 @@ pub(crate) async fn get_object_to_file(
                     if issued.load(std::sync::atomic::Ordering::Relaxed) < info.size {
                         continue;
                     }
-                    for piece in open.cut_stalled(Instant::now(), fresh_ref) {
-                        splits += 1;
-                        pieces.push(fetch_range(engine, bucket, key, etag, piece, 0, &file, path));
+                    // New GETs only into free window slots: stalled ranges first.
+                    let room = engine.window.limit().saturating_sub(engine.window.in_use()).min(SPLITS_PER_CHECK);
+                    let mut new = open.cut_stalled(Instant::now(), fresh_ref, room);
+                    // Splits once the client knows what a request moves (see SPLIT_SECS).
+                    let min_half = engine.request_rate().map(|r| MIN_SPLIT.max((r * SPLIT_SECS) as u64));
+                    while new.len() < room
+                        && let Some(min_half) = min_half
+                        && let Some(piece) = open.split_largest(fresh_ref, min_half)
+                    {
+                        new.push(piece);
                     }
-                    let room = engine.window.limit().saturating_sub(engine.window.in_use());
-                    for _ in 0..room.min(SPLITS_PER_CHECK) {
-                        let Some(piece) = open.split_largest(fresh_ref) else { break };
+                    for piece in new {
                         splits += 1;
                         pieces.push(fetch_range(engine, bucket, key, etag, piece, 0, &file, path));
                     }
@@ -391,7 +429,7 @@ mod tests {
         open.add(b.clone());
         lock(&a).read = 3 * MIB; // 1 MiB left
         lock(&b).read = 5 * MIB; // 3 MiB left
-        let piece = open.split_largest(&None).expect("a split");
+        let piece = open.split_largest(&None, MIN_SPLIT).expect("a split");
         assert_eq!(lock(&b).end, 6 * MIB + MIB / 2);
         let p = lock(&piece);
         assert_eq!((p.offset, p.done, p.end), (6 * MIB + MIB / 2, 6 * MIB + MIB / 2, 8 * MIB));
@@ -400,10 +438,10 @@ mod tests {
         lock(&a).read = 4 * MIB - 1000;
         lock(&b).read = 6 * MIB + MIB / 2 - 1000;
         lock(&piece).read = 8 * MIB - 1000;
-        assert!(open.split_largest(&None).is_none());
+        assert!(open.split_largest(&None, MIN_SPLIT).is_none());
         // Finished ranges are forgotten.
         lock(&a).done = 4 * MIB;
-        assert!(open.split_largest(&None).is_none());
+        assert!(open.split_largest(&None, MIN_SPLIT).is_none());
         assert_eq!(open.open.lock().unwrap().len(), 2);
     }
 
@@ -420,8 +458,9 @@ mod tests {
         lock(&idle).progressed = Some(t0);
         lock(&flowing).progressed = Some(t0 + Duration::from_millis(900));
         // Not yet started (waiting for a window slot): not stalled.
-        assert!(open.cut_stalled(t0 + Duration::from_millis(999), &None).is_empty());
-        let pieces = open.cut_stalled(t0 + STALL_AFTER, &None);
+        assert!(open.cut_stalled(t0 + Duration::from_millis(999), &None, 8).is_empty());
+        assert!(open.cut_stalled(t0 + STALL_AFTER, &None, 0).is_empty(), "no window slot free");
+        let pieces = open.cut_stalled(t0 + STALL_AFTER, &None, 8);
         assert_eq!(pieces.len(), 1);
         let p = lock(&pieces[0]);
         assert_eq!((p.offset, p.end, p.progressed), (MIB, 4 * MIB, None));
