@@ -240,4 +240,5 @@ async fn a_download_to_a_file_does_not_wait_out_a_range_stalled_at_the_end() {
     assert!(secs < 8.0, "{secs:.1} s: the 20 s stall was waited out");
     let m = client.metrics();
     assert_eq!(m.bytes_received, src.len() as u64, "pieces split off are not counted twice");
+    assert_eq!(m.splits, u64::from(got.splits), "the client's metrics count the splits");
 }

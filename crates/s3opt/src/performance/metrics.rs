@@ -52,6 +52,7 @@ pub struct Metrics {
     peak_in_flight: AtomicU64,
     data_requests: AtomicU64,
     hedges: AtomicU64,
+    splits: AtomicU64,
     concurrency: AtomicU64,
     part_size: AtomicU64,
 }
@@ -78,6 +79,7 @@ impl Metrics {
             peak_in_flight: AtomicU64::new(0),
             data_requests: AtomicU64::new(0),
             hedges: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
             concurrency: AtomicU64::new(0),
             part_size: AtomicU64::new(0),
         }
@@ -124,6 +126,11 @@ impl Metrics {
     pub(crate) fn try_take_hedge(&self, budget: f64) -> bool {
         let allowed = (self.data_requests() as f64 * budget).floor() as u64;
         self.hedges.fetch_update(Relaxed, Relaxed, |h| (h < allowed).then_some(h + 1)).is_ok()
+    }
+
+    /// Counts one range of a download to a file split off to a GET of its own.
+    pub(crate) fn count_split(&self) {
+        self.splits.fetch_add(1, Relaxed);
     }
 
     /// Counts received bytes whose size was unknown when the request was recorded.
@@ -194,6 +201,7 @@ impl Metrics {
             in_flight: self.in_flight.load(Relaxed),
             peak_in_flight: self.peak_in_flight.load(Relaxed),
             hedges: self.hedges.load(Relaxed),
+            splits: self.splits.load(Relaxed),
             concurrency: self.concurrency.load(Relaxed),
             part_size: self.part_size.load(Relaxed),
         }
@@ -229,6 +237,9 @@ pub struct MetricsSnapshot {
     pub peak_in_flight: u64,
     /// Stragglers re-issued (first response wins), at most 5% of data requests.
     pub hedges: u64,
+    /// Ranges of downloads to a file whose unreceived bytes went to a GET of their own so
+    /// the last ranges end together.
+    pub splits: u64,
     pub concurrency: u64,
     pub part_size: u64,
 }

@@ -381,6 +381,7 @@ pub(crate) async fn get_object_to_file(
                     }
                     for piece in new {
                         splits += 1;
+                        engine.metrics.count_split();
                         pieces.push(fetch_range(engine, bucket, key, etag, piece, 0, &file, path));
                     }
                 }
