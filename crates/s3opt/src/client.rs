@@ -543,13 +543,13 @@ impl Engine {
     /// (so that on a path with a slow per-connection rate the controller hears back often
     /// and the last ranges do not trail for many seconds), between 1 MiB and the part size.
     /// Uploads cannot do this: S3 parts are at least 5 MiB.
+    pub(crate) fn range_size(&self) -> u64 {
+        self.range_size.load(Relaxed).min(self.part_size())
+    }
+
     /// What one data request moves per second (see [`RttEstimator::request_rate`]).
     pub(crate) fn request_rate(&self) -> Option<f64> {
         self.control.lock().expect("control lock").rtt.request_rate()
-    }
-
-    pub(crate) fn range_size(&self) -> u64 {
-        self.range_size.load(Relaxed).min(self.part_size())
     }
 
     pub(crate) fn clamp_part_size(&self, n: u64) -> u64 {

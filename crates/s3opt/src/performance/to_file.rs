@@ -400,6 +400,9 @@ pub(crate) async fn get_object_to_file(
                 whole.append(h);
             }
         }
+        if next != info.size {
+            return Err(Error::Config(format!("download ranges end at byte {next} of {}", info.size)));
+        }
         verify(bucket, key, &info, whole.map(|w| w.b64()))?;
         tokio::fs::rename(&tmp, path).await.map_err(cannot_write)?;
         Ok(GetResult {
