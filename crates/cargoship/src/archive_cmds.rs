@@ -103,10 +103,6 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
         prefixes: a.prefixes as usize,
         strategy: a.strategy.parse().map_err(ArchiveError::Usage)?,
     };
-    // The packing pipelines' frames come out of the memory budget; the client's buffer
-    // pool gets the rest (at least 32 MiB).
-    let pipelines = a.parallel_suitcases * cargoship::archive::ship::PIPELINE_FRAMES * a.frame_size;
-    let g = &GlobalOpts { memory_budget: g.memory_budget.saturating_sub(pipelines).max(32 << 20), ..g.clone() };
     let session = setup::connect(g).await?;
     session.ensure_embedded_bucket(&dest.bucket)?;
     let client = &session.client;

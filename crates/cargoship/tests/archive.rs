@@ -139,6 +139,8 @@ async fn a_tree_ships_and_restores_whole_and_one_file_by_ranged_reads() {
     assert!(report.stored_bytes < report.bytes, "compressed");
     assert!(env.client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left open");
     assert!(!env.dir.path().join("state/journals").read_dir().unwrap().any(|_| true), "journal removed");
+    // The packing pipelines' reservations and every part's buffer are back in the budget.
+    assert_eq!(env.client.memory_in_use(), 0);
 
     // Whole restore.
     let reader = ArchiveReader::open(env.client.clone(), "bucket", "archives/one").await.unwrap();

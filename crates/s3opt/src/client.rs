@@ -355,6 +355,11 @@ impl OptimizedS3Client {
         MemoryReservation { _permit: self.engine.pool.reserve(bytes).await }
     }
 
+    /// The memory budget in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.engine.pool.budget()
+    }
+
     /// Bytes of the memory budget in use right now (never above it): object data held in
     /// memory, and the parts of files in flight, which count against it as if held.
     pub fn memory_in_use(&self) -> u64 {
@@ -663,6 +668,7 @@ impl Engine {
             let finished = Instant::now();
             tracing::debug!(
                 op = op.name(),
+                key,
                 bytes,
                 ms = finished.duration_since(started).as_millis() as u64,
                 ok = result.is_ok(),

@@ -57,8 +57,18 @@ pub struct ShipOptions {
 
 /// Memory one packing suitcase holds outside the client's buffer pool, in frames: the one
 /// being filled, one queued, one per compression worker (in and out), two compressed ones
-/// queued for the upload and the one it is reading.
+/// queued for the upload and the one it is reading. It is reserved from the client's
+/// memory budget while the suitcase packs (see [`pipeline_reservation`]).
 pub const PIPELINE_FRAMES: u64 = 12;
+
+/// What one packing suitcase reserves of a client's memory budget of `budget` bytes:
+/// [`PIPELINE_FRAMES`] frames, but never more than a quarter of the budget between all
+/// `parallel` packers, so that the rest always holds parts in flight, whose completion
+/// frees the memory a packer waiting for its reservation needs (a smaller reservation
+/// under a tiny budget means fewer frames accounted than may be held, not a deadlock).
+pub fn pipeline_reservation(budget: u64, parallel: usize, frame_size: u64) -> u64 {
+    (PIPELINE_FRAMES * frame_size).min(budget / (4 * parallel.max(1) as u64))
+}
 
 /// Prefix spreading used when `prefixes` is automatic.
 const AUTO_PREFIXES: usize = 8;
@@ -545,6 +555,10 @@ async fn upload_suitcase(
     packers: &tokio::sync::Semaphore,
 ) -> Result<(SuitcaseRecord, s3opt::PutResult)> {
     let packing = packers.acquire().await.expect("the semaphore is never closed");
+    // The pipeline's frames count against the memory budget only while it packs: once a
+    // suitcase's data is all handed to the upload, its share goes to the parts in flight.
+    let frames_held =
+        client.reserve_memory(pipeline_reservation(client.memory_budget(), o.parallel, o.frame_size)).await;
     let items = journal.plan[index].clone();
     let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
@@ -554,7 +568,7 @@ async fn upload_suitcase(
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let compress = async move {
         let r = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx).await;
-        drop(packing);
+        drop((packing, frames_held));
         r
     };
     let reader = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));
@@ -707,4 +721,18 @@ async fn discard_journal(client: &OptimizedS3Client, o: &ShipOptions, j: Journal
     }
     j.remove()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packers_reserve_their_frames_but_leave_most_of_a_small_budget_to_parts() {
+        let mib = 1 << 20;
+        assert_eq!(pipeline_reservation(256 * mib, 2, 2 * mib), PIPELINE_FRAMES * 2 * mib);
+        // 64 MiB between 2 packers: a quarter of it, 8 MiB each.
+        assert_eq!(pipeline_reservation(64 * mib, 2, 2 * mib), 8 * mib);
+        assert_eq!(pipeline_reservation(64 * mib, 0, 2 * mib), 16 * mib);
+    }
 }
