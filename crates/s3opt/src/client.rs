@@ -427,8 +427,10 @@ impl OptimizedS3Client {
         crate::performance::to_file::get_object_to_file(&self.engine, bucket, key, path).await
     }
 
-    /// Reads `len` bytes at `offset` (`len` 0: to the end). A read up to one part costs
-    /// one ranged GET of exactly that size; longer reads are split into parallel GETs.
+    /// Reads `len` bytes at `offset` (`len` 0: to the end). A read up to one download range
+    /// (about a second of one request's rate, 2 MiB before any is measured, at most a
+    /// part) costs one ranged GET of exactly that size; longer reads are split into
+    /// parallel GETs.
     pub async fn get_range(&self, bucket: &str, key: &str, offset: u64, len: u64) -> Result<Bytes> {
         download::get_range(&self.engine, bucket, key, offset, len).await
     }

@@ -242,3 +242,31 @@ async fn a_download_to_a_file_does_not_wait_out_a_range_stalled_at_the_end() {
     assert_eq!(m.bytes_received, src.len() as u64, "pieces split off are not counted twice");
     assert_eq!(m.splits, u64::from(got.splits), "the client's metrics count the splits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_longer_than_a_download_range_is_split_even_when_it_fits_in_a_part() {
+    // 4 MB/s per connection: a 6 MiB read as one GET takes 1.6 s, as 2 MiB ranges (the
+    // first range size, before any request is measured; then about a second of one
+    // request's rate) side by side a third of that. (A fixed window keeps ranges a part.)
+    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0";
+    let (_d, server, _emu, client) = via_emulator_with(scenario, |cfg| {
+        cfg.controller = s3opt::ControllerKind::Auto;
+        cfg.part_size = 8 * MIB;
+        cfg.memory_budget = 256 * MIB;
+    })
+    .await;
+    let src = data(24 * MIB as usize, 11);
+    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
+    direct.put_object(BUCKET, "long.bin", &src[..], PutOptions::default()).await.unwrap();
+    let gets = |m: &s3opt::MetricsSnapshot| m.requests_by_op.get("GetObject").copied().unwrap_or(0);
+    for (i, offset) in [3 * MIB, 15 * MIB + 7].into_iter().enumerate() {
+        let before = client.metrics();
+        let got = client.get_range(BUCKET, "long.bin", offset, 6 * MIB).await.unwrap();
+        assert!(got[..] == src[offset as usize..(offset + 6 * MIB) as usize], "read {i}: bytes differ");
+        let after = client.metrics();
+        let n = gets(&after) - gets(&before);
+        assert!(client.part_size() > 6 * MIB, "read {i}: the part is still larger than the read");
+        assert!(n >= 2, "read {i}: a 6 MiB read under a part of {} went as {n} GET(s)", client.part_size());
+        assert_eq!(after.bytes_received - before.bytes_received, 6 * MIB, "read {i}: each byte fetched once");
+    }
+}
