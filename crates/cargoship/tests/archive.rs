@@ -254,15 +254,16 @@ async fn shipping_to_a_missing_bucket_fails_clearly_and_leaves_no_journal() {
     let o = ShipOptions { bucket: "no-such-bucket".into(), ..options(&env, &src, "p") };
     let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
     assert!(matches!(err, ArchiveError::S3(s3opt::Error::NoSuchBucket { .. })), "{err}");
-    assert!(!env.dir.path().join("state/journals").exists());
-    // A small tree's pieces start before the bucket is known to be missing: the same error,
-    // and nothing left either.
+    let journals = env.dir.path().join("state/journals");
+    let no_journal = || !journals.exists() || journals.read_dir().unwrap().next().is_none();
+    assert!(no_journal(), "no journal left");
+    // A small tree's pieces, too, start before the bucket is known to be missing: the same
+    // error, and nothing left either.
     let tree = small_tree(&env, "tree", 1, 40);
     let o = ShipOptions { bucket: "no-such-bucket".into(), ..options(&env, &tree, "p") };
     let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
     assert!(matches!(err, ArchiveError::S3(s3opt::Error::NoSuchBucket { .. })), "{err}");
-    let journals = env.dir.path().join("state/journals");
-    assert!(!journals.exists() || journals.read_dir().unwrap().next().is_none(), "no journal left");
+    assert!(no_journal(), "no journal left");
 
     let o = ShipOptions { source: env.dir.path().join("missing"), ..options(&env, &src, "p") };
     let err = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap_err();
@@ -445,6 +446,47 @@ async fn a_small_tree_goes_up_while_the_destination_is_checked_and_leaves_nothin
     let sent = env.client.bytes_sent();
     assert!(ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap().up_to_date);
     assert_eq!(env.client.bytes_sent(), sent, "nothing sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_of_multipart_suitcases_also_goes_up_while_the_destination_is_checked() {
+    let env = start().await;
+    // 2 x 66 MiB with one packer: two suitcases of 66 MiB, each a multipart upload.
+    let tree = |name: &str, seed: u64| {
+        let src = env.dir.path().join(name);
+        std::fs::create_dir_all(&src).unwrap();
+        let block = data(seed, MIB as usize);
+        for f in 0..2 {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(src.join(format!("big{f}"))).unwrap());
+            for i in 0..66u8 {
+                use std::io::Write;
+                // Each MiB differs, so the frames do not compress to nothing.
+                file.write_all(&[i, f]).unwrap();
+                file.write_all(&block[2..]).unwrap();
+            }
+        }
+        src
+    };
+    let first = tree("first", 1);
+    let o = ShipOptions { parallel: 1, ..options(&env, &first, "big") };
+    let report = ship(&env.client, &o, Arc::new(ShipProgress::default())).await.unwrap();
+    assert_eq!(report.suitcases, 2, "{report:?}");
+    let before = keys_under(&env, "big").await;
+
+    // Another tree there, with the existence check held for 1.5 s: multipart uploads
+    // start meanwhile; when the archive is found they are aborted and nothing is left.
+    let scenario = Scenario::parse("name = \"t\"\n[faults]\nstall_first = 1\nstall_secs = 1.5").unwrap();
+    let emu = Emulator::start(scenario, "127.0.0.1:0".parse().unwrap(), &env.server.endpoint_url()).await.unwrap();
+    let slow = client_for(&env.server, emu.endpoint_url()).await;
+    let second = tree("second", 2);
+    let o2 = ShipOptions { parallel: 1, ..options(&env, &second, "big") };
+    let err = ship(&slow, &o2, Arc::new(ShipProgress::default())).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Exists(_)), "{err}");
+    assert_eq!(emu.report().totals.stalls_injected, 1);
+    assert!(slow.bytes_sent() > 5 * MIB, "parts went up before the answer: {} bytes", slow.bytes_sent());
+    assert!(env.client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left open");
+    assert_eq!(keys_under(&env, "big").await, before, "the existing archive is untouched, nothing stray is left");
+    assert!(!env.dir.path().join("state/journals").read_dir().unwrap().any(|_| true), "no journal left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
