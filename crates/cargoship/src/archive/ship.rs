@@ -61,13 +61,21 @@ pub struct ShipOptions {
 /// memory budget while the suitcase packs (see [`pipeline_reservation`]).
 pub const PIPELINE_FRAMES: u64 = 12;
 
+/// How many suitcases pack at once under a memory budget of `budget` bytes: `parallel`,
+/// but no more than fit their [`PIPELINE_FRAMES`] in half the budget (at least one). A
+/// 16 MiB budget with 3 packers of 2 MiB frames peaked at 88 MiB RSS.
+pub fn packers_within(budget: u64, parallel: usize, frame_size: u64) -> usize {
+    let fit = budget / (2 * PIPELINE_FRAMES * frame_size.max(1));
+    parallel.clamp(1, usize::try_from(fit).unwrap_or(usize::MAX).max(1))
+}
+
 /// What one packing suitcase reserves of a client's memory budget of `budget` bytes:
 /// [`PIPELINE_FRAMES`] frames, but never more than a quarter of the budget between all
-/// `parallel` packers, so that the rest always holds parts in flight, whose completion
-/// frees the memory a packer waiting for its reservation needs (a smaller reservation
-/// under a tiny budget means fewer frames accounted than may be held, not a deadlock).
-pub fn pipeline_reservation(budget: u64, parallel: usize, frame_size: u64) -> u64 {
-    (PIPELINE_FRAMES * frame_size).min(budget / (4 * parallel.max(1) as u64))
+/// `packers`, so that the rest always holds parts in flight, whose completion frees the
+/// memory a packer waiting for its reservation needs (a smaller reservation under a tiny
+/// budget means fewer frames accounted than may be held, not a deadlock).
+pub fn pipeline_reservation(budget: u64, packers: usize, frame_size: u64) -> u64 {
+    (PIPELINE_FRAMES * frame_size).min(budget / (4 * packers.max(1) as u64))
 }
 
 /// Prefix spreading used when `prefixes` is automatic.
@@ -253,10 +261,12 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     let pieces = plan::is_pieces(&journal.plan);
     let coordinator = coordinator_for(client, o, &journal.plan);
     let coord = coordinator.as_ref();
-    // `parallel` suitcases are packed at once; a suitcase whose data is all handed to the
-    // uploader frees its packing slot, so the next one starts while its last parts and
-    // its completion are still under way (the link never idles between suitcases).
-    let packers = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
+    // `parallel` suitcases are packed at once (fewer under a small budget); a suitcase
+    // whose data is all handed to the uploader frees its packing slot, so the next one
+    // starts while its last parts and its completion are still under way (the link never
+    // idles between suitcases).
+    let packing_at_once = packers_within(client.memory_budget(), o.parallel, o.frame_size);
+    let packers = Arc::new(tokio::sync::Semaphore::new(packing_at_once));
     // A small tree's pieces are single PUTs of a few MiB: they go up side by side.
     let uploads_at_once =
         if pieces { (2 * plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1)) } else { 2 * o.parallel.max(1) };
@@ -563,8 +573,9 @@ async fn upload_suitcase(
     let packing = packers.acquire().await.expect("the semaphore is never closed");
     // The pipeline's frames count against the memory budget only while it packs: once a
     // suitcase's data is all handed to the upload, its share goes to the parts in flight.
-    let frames_held =
-        client.reserve_memory(pipeline_reservation(client.memory_budget(), o.parallel, o.frame_size)).await;
+    let budget = client.memory_budget();
+    let share = pipeline_reservation(budget, packers_within(budget, o.parallel, o.frame_size), o.frame_size);
+    let frames_held = client.reserve_memory(share).await;
     let items = journal.plan[index].clone();
     let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
@@ -750,6 +761,12 @@ mod tests {
     #[test]
     fn packers_reserve_their_frames_but_leave_most_of_a_small_budget_to_parts() {
         let mib = 1 << 20;
+        // Packers of 12 x 2 MiB: 5 fit in half of 256 MiB; under 96 MiB only one does.
+        assert_eq!(packers_within(256 * mib, 2, 2 * mib), 2);
+        assert_eq!(packers_within(256 * mib, 8, 2 * mib), 5);
+        assert_eq!(packers_within(64 * mib, 2, 2 * mib), 1);
+        assert_eq!(packers_within(16 * mib, 3, 2 * mib), 1);
+        assert_eq!(packers_within(16 * mib, 0, 2 * mib), 1);
         assert_eq!(pipeline_reservation(256 * mib, 2, 2 * mib), PIPELINE_FRAMES * 2 * mib);
         // 64 MiB between 2 packers: a quarter of it, 8 MiB each.
         assert_eq!(pipeline_reservation(64 * mib, 2, 2 * mib), 8 * mib);
