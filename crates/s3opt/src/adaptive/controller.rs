@@ -130,7 +130,7 @@ impl Controller for Auto {
             self.predictor.on_completion(s.finished, s.bytes);
         }
         self.bbr.on_sample(s);
-        self.on_slowdown();
+        self.on_slowdown(s);
         let rtt = self.rtt.srtt().unwrap_or(Duration::from_millis(100));
         if self.loss.on_outcome(s.outcome) {
             let current = self.cap.as_ref().map_or(self.bbr.window(), |c| c.window().min(self.bbr.window()));
@@ -171,18 +171,23 @@ const SLOWDOWN: f64 = 0.4;
 impl Auto {
     /// The path has slowed when the delivered rate (the forecast's level, not its trend:
     /// a falling trend extrapolated would feed on the cut it causes) is under 40% of the
-    /// model's bandwidth while requests queue (smoothed latency above 1.5x the minimum).
-    /// The model then forgets the faster samples at once instead of holding the old
-    /// rate's window for up to 10 s.
-    fn on_slowdown(&mut self) {
-        if self.bbr.mode() != crate::network::bbr::Mode::ProbeBw {
+    /// model's bandwidth while requests queue: the smoothed latency and the latest
+    /// request's (`s`) both above 1.5x the minimum. The model then forgets the faster
+    /// samples at once instead of holding the old rate's window for up to 10 s. Both
+    /// latencies, because the rate and the smoothed latency lag: at the end of an emulated
+    /// shifting download, just after the bottleneck came back from 10 to 40 MB/s, they
+    /// still said "slow and queued" while the last requests took 0.6 s, and the window
+    /// fell to 2 for the last 3 s.
+    fn on_slowdown(&mut self, s: &Sample) {
+        if self.bbr.mode() != crate::network::bbr::Mode::ProbeBw || s.outcome != Outcome::Ok {
             return;
         }
         let (Some(rate), Some(srtt), Some(min)) = (self.predictor.forecast(0.0), self.rtt.srtt(), self.bbr.min_rtt())
         else {
             return;
         };
-        if rate < SLOWDOWN * self.bbr.bandwidth() && srtt.as_secs_f64() > 1.5 * min.as_secs_f64() {
+        let queued = |latency: Duration| latency.as_secs_f64() > 1.5 * min.as_secs_f64();
+        if rate < SLOWDOWN * self.bbr.bandwidth() && queued(srtt) && queued(s.latency()) {
             self.bbr.lower_bandwidth(rate);
         }
     }
@@ -265,6 +270,8 @@ impl Controller for Fixed {
 mod tests {
     use super::*;
     use crate::network::sim::{Link, Sim};
+    use crate::network::{Op, Outcome, Sample};
+    use std::time::Instant;
 
     const MB: f64 = 1e6;
 
@@ -346,6 +353,56 @@ mod tests {
         let jain = (x + y).powi(2) / (2.0 * (x * x + y * y));
         assert!(jain >= 0.95, "Jain {jain:.3}: {:.1} vs {:.1} MB/s", x / MB, y / MB);
         assert!(x + y >= 0.9 * 40.0 * MB, "together they fill the link: {:.1}", (x + y) / MB);
+    }
+
+    /// Feeds `n` successful requests of `bytes`, one every `every`, each taking `latency`,
+    /// keeping the delivered count and its time as the client does.
+    fn feed(
+        c: &mut dyn Controller,
+        clock: &mut (Instant, u64, Vec<(Instant, u64)>),
+        n: usize,
+        bytes: u64,
+        every: Duration,
+        latency: Duration,
+    ) {
+        for _ in 0..n {
+            clock.0 += every;
+            let (now, started) = (clock.0, clock.0 - latency);
+            let (at, delivered) = clock.2.iter().rev().find(|(t, _)| *t <= started).copied().unwrap_or((started, 0));
+            clock.1 += bytes;
+            clock.2.push((now, clock.1));
+            c.on_sample(&Sample {
+                op: Op::GetObject,
+                bytes,
+                started,
+                finished: now,
+                outcome: Outcome::Ok,
+                retransmit: false,
+                delivered_at_start: delivered,
+                delivered_time_at_start: at,
+                delivered_at_end: clock.1,
+            });
+        }
+    }
+
+    #[test]
+    fn fast_requests_after_a_slow_phase_are_not_taken_for_a_slowdown() {
+        // As at the end of the emulated shifting download: the model learned 40 MB/s with
+        // an inflated minimum latency (7 s, every request queued behind the others), the
+        // path ran at 10 MB/s (no slowdown seen: the latency did not grow past 1.5x that
+        // minimum), then the last requests came back in 0.6 s. The delivered rate and the
+        // smoothed latency still say "slow and queued"; the newest requests do not.
+        let mut c = ControllerKind::Auto.build(64, 128);
+        let mut clock = (Instant::now(), 0u64, Vec::new());
+        let (mib, s) = (1u64 << 20, Duration::from_secs(7));
+        feed(&mut *c, &mut clock, 1600, mib, Duration::from_millis(26), s);
+        assert_eq!(c.state().mode, "probe_bw", "{:?}", c.state());
+        feed(&mut *c, &mut clock, 80, mib, Duration::from_millis(105), s);
+        let before = c.window();
+        feed(&mut *c, &mut clock, 6, mib, Duration::from_millis(105), Duration::from_millis(600));
+        let state = c.state();
+        assert!(state.bandwidth_mbps > 30.0, "the model forgot its bandwidth: {state:?} (window {before} before)");
+        assert!(c.window() >= 10, "window {} after the fast requests ({before} before): {state:?}", c.window());
     }
 
     #[test]
