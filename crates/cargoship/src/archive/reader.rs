@@ -27,16 +27,37 @@ pub struct ArchiveReader {
     cache: Mutex<VecDeque<(FrameId, Arc<Vec<u8>>)>>,
 }
 
+/// Slices a small inventory is fetched in, side by side. The inventory is on the critical
+/// path of every restore, mount and listing (nothing else starts before it is read), and one
+/// GET of a 10,000-file tree's 533 KB inventory took 0.27 s at `wan`'s 2 MB/s per
+/// connection. Its digest, checked as it is parsed, covers what the slices bring.
+const INVENTORY_SLICE: u64 = 128 << 10;
+/// Largest inventory fetched in slices; a larger one is one download like any object.
+const SLICED_INVENTORY_MAX: u64 = 4 << 20;
+
 /// Downloads and validates the inventory of the archive at `s3://bucket/prefix`.
 /// (An archive written before inventories were compressed has a plain JSON one.)
 pub async fn fetch_inventory(client: &OptimizedS3Client, bucket: &str, prefix: &str) -> Result<Inventory> {
     for name in [INVENTORY_NAME, PLAIN_INVENTORY_NAME] {
-        let mut buf: Vec<u8> = Vec::new();
-        match client.get_object(bucket, &join_key(prefix, name), &mut buf).await {
-            Ok(_) => return Inventory::from_stored(&buf),
-            Err(s3opt::Error::NoSuchKey { .. }) => {}
+        let key = join_key(prefix, name);
+        let size = match client.head(bucket, &key).await {
+            Ok(info) => info.size,
+            Err(s3opt::Error::NoSuchKey { .. }) => continue,
             Err(e) => return Err(e.into()),
+        };
+        let mut buf: Vec<u8> = Vec::new();
+        if size <= SLICED_INVENTORY_MAX {
+            let slices = (0..size.div_ceil(INVENTORY_SLICE)).map(|i| {
+                let offset = i * INVENTORY_SLICE;
+                client.get_range(bucket, &key, offset, INVENTORY_SLICE.min(size - offset))
+            });
+            for slice in futures::future::try_join_all(slices).await? {
+                buf.extend_from_slice(&slice);
+            }
+        } else {
+            client.get_object(bucket, &key, &mut buf).await?;
         }
+        return Inventory::from_stored(&buf);
     }
     Err(ArchiveError::NotAnArchive(format!("s3://{bucket}/{}", prefix.trim_end_matches('/'))))
 }
