@@ -26,6 +26,14 @@ async fn via_emulator_with(
     (dir, server, emu, client)
 }
 
+/// Stores `src` at `key` straight on `server` (not through the emulator, so its faults
+/// hit only what the test measures); returns that direct client.
+async fn put_direct(server: &EmbeddedServer, key: &str, src: &[u8]) -> OptimizedS3Client {
+    let direct = OptimizedS3Client::new(common::config(server)).await.unwrap();
+    direct.put_object(BUCKET, key, src, PutOptions::default()).await.unwrap();
+    direct
+}
+
 async fn roundtrip(client: &OptimizedS3Client, key: &str, src: &[u8]) {
     client.put_object(BUCKET, key, src, PutOptions::default()).await.unwrap();
     let mut out = Vec::new();
@@ -84,8 +92,7 @@ async fn cut_off_download_resumes(to_file: bool) {
     })
     .await;
     let src = data(16 * MIB as usize, 4);
-    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
-    direct.put_object(BUCKET, "cut.bin", &src[..], PutOptions::default()).await.unwrap();
+    put_direct(&server, "cut.bin", &src).await;
     let (got, out) = if to_file {
         let dest = dir.path().join("cut.out");
         let got = client.get_object_to_file(BUCKET, "cut.bin", &dest).await.unwrap();
@@ -116,8 +123,7 @@ async fn an_object_replaced_during_a_download_fails_it_and_leaves_no_file() {
         cfg.part_size = 6 * MIB;
     })
     .await;
-    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
-    direct.put_object(BUCKET, "moving.bin", &data(24 * MIB as usize, 5)[..], PutOptions::default()).await.unwrap();
+    let direct = put_direct(&server, "moving.bin", &data(24 * MIB as usize, 5)).await;
     let dest = dir.path().join("moving.out");
     let download = client.get_object_to_file(BUCKET, "moving.bin", &dest);
     let replace = async {
@@ -227,8 +233,7 @@ async fn a_download_to_a_file_does_not_wait_out_a_range_stalled_at_the_end() {
     })
     .await;
     let src = data(24 * MIB as usize, 7);
-    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
-    direct.put_object(BUCKET, "stall.bin", &src[..], PutOptions::default()).await.unwrap();
+    put_direct(&server, "stall.bin", &src).await;
     let dest = dir.path().join("stall.out");
     let started = std::time::Instant::now();
     let got = client.get_object_to_file(BUCKET, "stall.bin", &dest).await.unwrap();
@@ -256,8 +261,7 @@ async fn a_read_longer_than_a_download_range_is_split_even_when_it_fits_in_a_par
     })
     .await;
     let src = data(24 * MIB as usize, 11);
-    let direct = OptimizedS3Client::new(common::config(&server)).await.unwrap();
-    direct.put_object(BUCKET, "long.bin", &src[..], PutOptions::default()).await.unwrap();
+    put_direct(&server, "long.bin", &src).await;
     let gets = |m: &s3opt::MetricsSnapshot| m.requests_by_op.get("GetObject").copied().unwrap_or(0);
     for (i, offset) in [3 * MIB, 15 * MIB + 7].into_iter().enumerate() {
         let before = client.metrics();

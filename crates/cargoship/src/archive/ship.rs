@@ -78,6 +78,26 @@ pub fn pipeline_reservation(budget: u64, packers: usize, frame_size: u64) -> u64
     (PIPELINE_FRAMES * frame_size).min(budget / (4 * packers.max(1) as u64))
 }
 
+/// The packing slots of one ship and what each takes of the client's memory budget.
+struct Packers {
+    slots: tokio::sync::Semaphore,
+    share: u64,
+}
+
+impl Packers {
+    fn new(client: &OptimizedS3Client, o: &ShipOptions) -> Self {
+        let budget = client.memory_budget();
+        let n = packers_within(budget, o.parallel, o.frame_size);
+        Self { slots: tokio::sync::Semaphore::new(n), share: pipeline_reservation(budget, n, o.frame_size) }
+    }
+
+    /// Waits for a slot, then for its share of the budget; both are held until dropped.
+    async fn enter(&self, client: &OptimizedS3Client) -> (tokio::sync::SemaphorePermit<'_>, s3opt::MemoryReservation) {
+        let slot = self.slots.acquire().await.expect("the semaphore is never closed");
+        (slot, client.reserve_memory(self.share).await)
+    }
+}
+
 /// Prefix spreading used when `prefixes` is automatic.
 const AUTO_PREFIXES: usize = 8;
 
@@ -265,8 +285,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     // whose data is all handed to the uploader frees its packing slot, so the next one
     // starts while its last parts and its completion are still under way (the link never
     // idles between suitcases).
-    let packing_at_once = packers_within(client.memory_budget(), o.parallel, o.frame_size);
-    let packers = Arc::new(tokio::sync::Semaphore::new(packing_at_once));
+    let packers = Arc::new(Packers::new(client, o));
     // A small tree's pieces are single PUTs of a few MiB: they go up side by side.
     let uploads_at_once =
         if pieces { (2 * plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1)) } else { 2 * o.parallel.max(1) };
@@ -497,7 +516,7 @@ async fn ship_suitcase(
     journal: &Arc<Journal>,
     index: usize,
     progress: Arc<ShipProgress>,
-    packers: &tokio::sync::Semaphore,
+    packers: &Packers,
     coordinator: Option<&PipelineCoordinator>,
 ) -> Result<(SuitcaseRecord, Resumed)> {
     let state = &journal.state[index];
@@ -568,14 +587,11 @@ async fn upload_suitcase(
     key: &str,
     resume: Option<ResumePoint>,
     progress: Arc<ShipProgress>,
-    packers: &tokio::sync::Semaphore,
+    packers: &Packers,
 ) -> Result<(SuitcaseRecord, s3opt::PutResult)> {
-    let packing = packers.acquire().await.expect("the semaphore is never closed");
     // The pipeline's frames count against the memory budget only while it packs: once a
     // suitcase's data is all handed to the upload, its share goes to the parts in flight.
-    let budget = client.memory_budget();
-    let share = pipeline_reservation(budget, packers_within(budget, o.parallel, o.frame_size), o.frame_size);
-    let frames_held = client.reserve_memory(share).await;
+    let packing = packers.enter(client).await;
     let items = journal.plan[index].clone();
     let raw_bytes: u64 = items.iter().map(|i| i.size).sum();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(2);
@@ -585,7 +601,7 @@ async fn upload_suitcase(
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let compress = async move {
         let r = compress_stage(raw_rx, packer, o.codec, o.level, workers, body_tx).await;
-        drop((packing, frames_held));
+        drop(packing);
         r
     };
     let reader = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));

@@ -355,32 +355,31 @@ mod tests {
         assert!(x + y >= 0.9 * 40.0 * MB, "together they fill the link: {:.1}", (x + y) / MB);
     }
 
-    /// Feeds `n` successful requests of `bytes`, one every `every`, each taking `latency`,
-    /// keeping the delivered count and its time as the client does.
-    fn feed(
-        c: &mut dyn Controller,
-        clock: &mut (Instant, u64, Vec<(Instant, u64)>),
-        n: usize,
-        bytes: u64,
-        every: Duration,
-        latency: Duration,
-    ) {
+    /// The client's delivered count over time, as the engine keeps it for its samples.
+    struct Deliveries {
+        now: Instant,
+        delivered: u64,
+        history: Vec<(Instant, u64)>,
+    }
+
+    /// Feeds `n` successful requests of `bytes`, one every `every`, each taking `latency`.
+    fn feed(c: &mut dyn Controller, d: &mut Deliveries, n: usize, bytes: u64, every: Duration, latency: Duration) {
         for _ in 0..n {
-            clock.0 += every;
-            let (now, started) = (clock.0, clock.0 - latency);
-            let (at, delivered) = clock.2.iter().rev().find(|(t, _)| *t <= started).copied().unwrap_or((started, 0));
-            clock.1 += bytes;
-            clock.2.push((now, clock.1));
+            d.now += every;
+            let started = d.now - latency;
+            let (at, before) = d.history.iter().rev().find(|(t, _)| *t <= started).copied().unwrap_or((started, 0));
+            d.delivered += bytes;
+            d.history.push((d.now, d.delivered));
             c.on_sample(&Sample {
                 op: Op::GetObject,
                 bytes,
                 started,
-                finished: now,
+                finished: d.now,
                 outcome: Outcome::Ok,
                 retransmit: false,
-                delivered_at_start: delivered,
+                delivered_at_start: before,
                 delivered_time_at_start: at,
-                delivered_at_end: clock.1,
+                delivered_at_end: d.delivered,
             });
         }
     }
@@ -393,7 +392,7 @@ mod tests {
         // minimum), then the last requests came back in 0.6 s. The delivered rate and the
         // smoothed latency still say "slow and queued"; the newest requests do not.
         let mut c = ControllerKind::Auto.build(64, 128);
-        let mut clock = (Instant::now(), 0u64, Vec::new());
+        let mut clock = Deliveries { now: Instant::now(), delivered: 0, history: Vec::new() };
         let (mib, s) = (1u64 << 20, Duration::from_secs(7));
         feed(&mut *c, &mut clock, 1600, mib, Duration::from_millis(26), s);
         assert_eq!(c.state().mode, "probe_bw", "{:?}", c.state());

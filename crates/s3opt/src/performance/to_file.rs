@@ -142,7 +142,7 @@ impl Ranges {
 /// The destination file, written by one batch at a time. Writes into one file serialize on
 /// its inode lock anyway (tmpfs, ext4), and writers waiting for it spin in the kernel: on
 /// loopback that was 8% of a 256 MiB download's CPU samples; taking turns in user space
-/// instead, the download used 5-10% less CPU (medians of 8 and 14 interleaved runs).
+/// instead, the download used 4-10% less CPU (medians of three interleaved sets of 8-14 runs).
 type Output = Arc<std::sync::Mutex<std::fs::File>>;
 
 /// A batch being written: where it starts, and the attempt's checksum as of its end.
