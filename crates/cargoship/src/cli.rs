@@ -60,7 +60,8 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "NAME", value_parser = parse_controller)]
     pub controller: Option<s3opt::ControllerKind>,
     /// Requests in flight: alone, a fixed number (same as --controller fixed:N); with
-    /// --controller, where that controller starts [default: 64].
+    /// --controller, where that controller starts [default: 64, or 8 when the endpoint
+    /// answers its first request within 20 ms, as on a LAN].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub concurrency: Option<u64>,
     /// Part size for multipart uploads and ranged downloads (e.g. 8MiB, 64M).

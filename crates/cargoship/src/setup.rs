@@ -80,6 +80,12 @@ fn client_config(g: &GlobalOpts) -> ClientConfig {
             (None, None) => ControllerKind::Auto,
         },
         concurrency: g.concurrency.map_or(ClientConfig::default().concurrency, |n| n as usize),
+        // A number given is where to start, on any path.
+        short_path_concurrency: if g.concurrency.is_some() {
+            None
+        } else {
+            ClientConfig::default().short_path_concurrency
+        },
         part_size: g.part_size,
         memory_budget: g.memory_budget,
         bandwidth_limit: g.bwlimit,

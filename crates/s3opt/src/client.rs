@@ -25,7 +25,7 @@ use crate::adaptive::controller::{Controller, ControllerKind, ControllerState};
 use crate::adaptive::monitor::{Monitor, TimelinePoint};
 use crate::adaptive::optimizer::part_size_for;
 use crate::adaptive::window::Window;
-use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE, SHORT_ROUND_TRIP};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
@@ -95,6 +95,9 @@ struct Control {
     monitor: Monitor,
     /// Latency of data requests, for hedging.
     rtt: RttEstimator,
+    /// No request has finished and no data request has begun, so the start may still be
+    /// changed (see [`ClientConfig::short_path_concurrency`]).
+    pristine: bool,
 }
 
 /// A failed attempt: how it ended (for retry and controllers) and what to report.
@@ -240,6 +243,7 @@ impl OptimizedS3Client {
             delivered_time: now,
             monitor: Monitor::new(now),
             rtt: RttEstimator::default(),
+            pristine: true,
         };
         let pacer = cfg.bandwidth_limit.map(|r| Arc::new(Pacer::new(r as f64)));
         let engine = Engine {
@@ -260,13 +264,7 @@ impl OptimizedS3Client {
             observers: std::sync::RwLock::new(Vec::new()),
         };
         if adaptive {
-            // Parts sized from the start so the initial window fits the budget, as every
-            // later decision sizes them: larger ones would leave the window short of parts
-            // until the first request completes (32 of 8 MiB where a 1 MB/s-per-connection
-            // path needs 40 to fill).
-            let part = engine.clamp_part_size(part_size_for(initial, engine.pool.budget(), engine.cfg.part_size));
-            engine.part_size.store(part, Relaxed);
-            engine.metrics.set_part_size(part);
+            engine.size_first_parts(initial);
         }
         Self { engine: Arc::new(engine) }
     }
@@ -287,6 +285,7 @@ impl OptimizedS3Client {
         let mut c = self.engine.control.lock().expect("control lock");
         c.controller = ControllerKind::Fixed(n.max(1)).build(n, n);
         c.adaptive_parts = false;
+        c.pristine = false;
         self.engine.range_size.store(self.engine.part_size(), Relaxed);
         self.engine.window.set_limit(n);
         self.engine.metrics.set_concurrency(n.max(1));
@@ -559,6 +558,35 @@ impl Engine {
         self.control.lock().expect("control lock").rtt.request_rate()
     }
 
+    /// Parts sized from the start so the initial window fits the budget, as every later
+    /// decision sizes them: larger ones would leave the window short of parts until the
+    /// first request completes (32 of 8 MiB where a 1 MB/s-per-connection path needs 40 to
+    /// fill).
+    fn size_first_parts(&self, window: usize) {
+        let part = self.clamp_part_size(part_size_for(window, self.pool.budget(), self.cfg.part_size));
+        self.part_size.store(part, Relaxed);
+        self.metrics.set_part_size(part);
+    }
+
+    /// The first request to finish, if it is not a data request and no data request has
+    /// begun, tells how far away the endpoint is: a short path starts at
+    /// [`ClientConfig::short_path_concurrency`] requests instead of `concurrency` (see
+    /// there). Requests already under way are left alone (a ship's first pieces go up while
+    /// the destination is checked).
+    fn first_round_trip(&self, latency: std::time::Duration) {
+        let mut c = self.control.lock().expect("control lock");
+        if !std::mem::replace(&mut c.pristine, false) || latency >= SHORT_ROUND_TRIP || !c.adaptive_parts {
+            return;
+        }
+        let Some(n) = self.cfg.short_path_concurrency.filter(|&n| n < c.controller.window()) else { return };
+        c.controller = self.cfg.controller.build(n, self.cfg.max_concurrency);
+        let window = c.controller.window();
+        self.window.set_limit(window);
+        self.metrics.set_concurrency(window);
+        self.size_first_parts(window);
+        tracing::debug!(?latency, window, "short round trip: starting small");
+    }
+
     pub(crate) fn clamp_part_size(&self, n: u64) -> u64 {
         // Under a bandwidth cap, about one second's worth per request keeps pacing smooth.
         let paced = self.pacer.as_ref().map_or(MAX_PART_SIZE, |p| p.rate() as u64);
@@ -634,7 +662,8 @@ impl Engine {
             }
             self.metrics.request_started();
             let (delivered_at_start, delivered_time_at_start) = {
-                let c = self.control.lock().expect("control lock");
+                let mut c = self.control.lock().expect("control lock");
+                c.pristine &= !windowed;
                 (c.delivered, c.delivered_time)
             };
             let started = Instant::now();
@@ -696,6 +725,9 @@ impl Engine {
                 delivered_time_at_start,
                 delivered_at_end: delivered_at_start,
             };
+            if !windowed && sample.outcome == Outcome::Ok {
+                self.first_round_trip(sample.latency());
+            }
             if windowed && steers {
                 self.steer(&mut sample);
             } else if windowed && sample.outcome == Outcome::Ok {

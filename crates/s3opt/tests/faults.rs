@@ -274,3 +274,41 @@ async fn a_read_longer_than_a_download_range_is_split_even_when_it_fits_in_a_par
         assert_eq!(after.bytes_received - before.bytes_received, 6 * MIB, "read {i}: each byte fetched once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_first_round_trip_starts_the_window_small_and_a_long_one_does_not() {
+    let short = s3opt::config::SHORT_ROUND_TRIP.as_secs_f64() * 1e3;
+    let src = data(3 * MIB as usize, 5);
+    // Loopback answers in a few ms; 30 ms of emulated round trip is a far endpoint; a
+    // number given (short_path_concurrency off) holds anywhere.
+    for (rtt, small_start) in [(0.0, true), (30.0, false), (0.0, false)] {
+        let (_d, server, _emu, client) = via_emulator_with(&format!("[link]\nrtt_ms = {rtt}"), |cfg| {
+            cfg.controller = s3opt::ControllerKind::Auto;
+            cfg.concurrency = 64;
+            cfg.memory_budget = 256 * MIB;
+            if !small_start {
+                cfg.short_path_concurrency = if rtt > 0.0 { Some(8) } else { None };
+            }
+        })
+        .await;
+        put_direct(&server, "x", &src).await;
+        assert_eq!(client.controller_state().window, 64, "rtt {rtt}: starts at concurrency");
+        client.head(BUCKET, "x").await.unwrap();
+        let latency = client.metrics().latency_ms.max;
+        let window = client.controller_state().window;
+        if small_start && latency < short {
+            assert_eq!(window, 8, "a {latency:.1} ms first round trip starts at 8");
+            assert_eq!(client.metrics().concurrency, 8);
+        } else {
+            assert!(rtt == 0.0 || latency >= rtt, "the emulated round trip was taken ({latency:.1} ms)");
+            assert_eq!(window, 64, "rtt {rtt}, {latency:.1} ms first round trip: stays at 64");
+        }
+        // The decision is taken once, on the first request: data requests steer from here.
+        let mut out = Vec::new();
+        client.get_object(BUCKET, "x", &mut out).await.unwrap();
+        assert!(out == src, "rtt {rtt}: bytes differ");
+        let after_data = client.controller_state().window;
+        client.head(BUCKET, "x").await.unwrap();
+        assert_eq!(client.controller_state().window, after_data, "rtt {rtt}: a later HEAD changes nothing");
+    }
+}
