@@ -679,7 +679,9 @@ impl Engine {
                     // so a stalled first-round request is hedged too.
                     let wait = match self.hedge_after() {
                         None => HEDGE_RECHECK,
-                        Some(after) if started.elapsed() < after => after - started.elapsed(),
+                        // Checked again at least every recheck: the window may empty
+                        // meanwhile, and then the threshold drops.
+                        Some(after) if started.elapsed() < after => (after - started.elapsed()).min(HEDGE_RECHECK),
                         // Late, but so is everyone: the path is slower, not this request.
                         Some(after) if !self.is_straggler(started) => after / 4,
                         Some(after) => {
@@ -763,16 +765,14 @@ impl Engine {
     }
 
     /// How long a data request may run before a duplicate is sent (`None`: too few samples
-    /// yet for a latency estimate). A request past both twice the smoothed
-    /// latency and the RFC 6298 timeout is hedged if it is also behind its peers
-    /// ([`Engine::is_straggler`]).
+    /// yet for a latency estimate; see [`crate::network::loss::hedge_after`]). A request
+    /// past it is hedged if it is also behind its peers ([`Engine::is_straggler`]).
     fn hedge_after(&self) -> Option<std::time::Duration> {
         if self.metrics.data_requests() < HEDGE_MIN_SAMPLES {
             return None;
         }
         let c = self.control.lock().expect("control lock");
-        let srtt = c.rtt.srtt()?;
-        Some((srtt * 2).max(c.rtt.rto()))
+        Some(crate::network::loss::hedge_after(c.rtt.srtt()?, c.rtt.rto(), self.window.in_use(), self.window.limit()))
     }
 
     /// Whether a late request started at `started` is a straggler rather than a sign that

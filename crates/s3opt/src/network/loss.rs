@@ -163,9 +163,34 @@ impl LossFilter {
     }
 }
 
+/// How long a data request may run before it is hedged (sent again; the first answer
+/// wins), given the smoothed latency and RFC 6298 timeout of data requests and how full the
+/// window is. While the window is busy: past both twice the latency and the timeout (a
+/// duplicate takes a share of the link from the others). Once at most an eighth of it is in
+/// use, the end of a run: past 1.25 times the latency, since a duplicate then takes no
+/// one's share, while a stalled request holds back the whole transfer (a small tree's last
+/// piece, stalled, waited 2.1 s for its hedge, twice the latency, with the link idle).
+pub fn hedge_after(srtt: Duration, rto: Duration, in_use: usize, limit: usize) -> Duration {
+    if in_use * 8 <= limit { srtt.mul_f64(1.25) } else { (srtt * 2).max(rto) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stragglers_are_hedged_sooner_once_the_window_is_nearly_empty() {
+        let (srtt, rto) = (Duration::from_millis(1000), Duration::from_millis(1500));
+        assert_eq!(hedge_after(srtt, rto, 40, 64), Duration::from_millis(2000), "busy: twice the latency");
+        assert_eq!(
+            hedge_after(Duration::from_millis(50), Duration::from_millis(200), 40, 64),
+            Duration::from_millis(200),
+            "busy: at least the timeout"
+        );
+        assert_eq!(hedge_after(srtt, rto, 8, 64), Duration::from_millis(1250), "an eighth in use: the tail");
+        assert_eq!(hedge_after(srtt, rto, 1, 64), Duration::from_millis(1250));
+        assert_eq!(hedge_after(srtt, rto, 1, 4), Duration::from_millis(2000), "a small window alone is not a tail");
+    }
 
     #[test]
     fn slowdown_is_throttling_not_a_server_error() {
