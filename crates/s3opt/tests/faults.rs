@@ -312,3 +312,52 @@ async fn a_short_first_round_trip_starts_the_window_small_and_a_long_one_does_no
         assert_eq!(client.controller_state().window, after_data, "rtt {rtt}: a later HEAD changes nothing");
     }
 }
+
+/// Every attempt's key, outcome, start and end, as the client saw them.
+#[derive(Default)]
+struct Attempts(std::sync::Mutex<Vec<(String, s3opt::network::Sample)>>);
+
+impl s3opt::SampleObserver for Attempts {
+    fn on_sample(&self, key: &str, sample: &s3opt::network::Sample) {
+        self.0.lock().unwrap().push((key.to_owned(), *sample));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_keeps_its_place_when_the_window_shrinks_below_what_is_in_flight() {
+    // 4 MB/s per connection: the first PUT (4 MiB) is reset somewhere in its body; three
+    // of 12 MiB take 3 s each. Once all four are under way, the window drops to 1, as a
+    // controller's cut or a drain does: the retry must go at once, not wait for the other
+    // three to end.
+    let (_d, _s, emu, client) =
+        via_emulator_with("[link]\nper_connection_mbps = 4.0\n[faults]\nreset_first = 1", |cfg| {
+            cfg.controller = s3opt::ControllerKind::Fixed(4);
+            cfg.part_size = 16 * MIB;
+            cfg.memory_budget = 64 * MIB;
+        })
+        .await;
+    let attempts = std::sync::Arc::new(Attempts::default());
+    client.add_sample_observer(attempts.clone());
+    let first: &'static [u8] = data(4 * MIB as usize, 1).leak();
+    let rest: &'static [u8] = data(12 * MIB as usize, 2).leak();
+    let client = &client;
+    let put = |key: &'static str, body: &'static [u8]| async move {
+        client.put_object(BUCKET, key, body, PutOptions::default()).await.unwrap();
+    };
+    let ms = |n| tokio::time::sleep(std::time::Duration::from_millis(n));
+    let others = async {
+        ms(10).await;
+        futures::future::join3(put("b", rest), put("c", rest), put("d", rest)).await;
+    };
+    let cut = async {
+        ms(40).await;
+        client.set_concurrency(1);
+    };
+    futures::future::join3(put("a", first), others, cut).await;
+    assert_eq!(emu.report().totals.resets_injected, 1);
+    let seen = attempts.0.lock().unwrap().clone();
+    let retry = seen.iter().find(|(k, s)| k == "a" && s.retransmit).expect("the reset PUT was retried").1;
+    let others_done = seen.iter().filter(|(k, _)| k != "a").map(|(_, s)| s.finished).min().unwrap();
+    assert!(retry.started < others_done, "the retry started before any other PUT ended");
+    assert!(retry.finished < others_done, "and, 4 MiB against 12 MiB, ended before them");
+}
