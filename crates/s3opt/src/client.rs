@@ -116,7 +116,23 @@ impl Failure {
 /// A share of the memory budget ([`OptimizedS3Client::reserve_memory`]), returned on drop.
 #[derive(Debug)]
 pub struct MemoryReservation {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl MemoryReservation {
+    /// Bytes still reserved (whole units of the pool's accounting).
+    pub fn bytes(&self) -> u64 {
+        self.permit.num_permits() as u64 * crate::performance::buffer::UNIT
+    }
+
+    /// Gives back what is reserved beyond `keep` bytes (never takes more): for a holder
+    /// whose data drains, so the budget it no longer needs goes to others at once.
+    pub fn shrink_to(&mut self, keep: u64) {
+        let (held, keep) = (self.permit.num_permits(), crate::performance::buffer::units(keep) as usize);
+        if held > keep {
+            drop(self.permit.split(held - keep));
+        }
+    }
 }
 
 /// How a data request takes part in the window and the controllers.
@@ -351,7 +367,7 @@ impl OptimizedS3Client {
     /// outside the client (an archive's decoded frames on their way to files), waiting
     /// while the budget is spent; it comes back when the reservation is dropped.
     pub async fn reserve_memory(&self, bytes: u64) -> MemoryReservation {
-        MemoryReservation { _permit: self.engine.pool.reserve(bytes).await }
+        MemoryReservation { permit: self.engine.pool.reserve(bytes).await }
     }
 
     /// The memory budget in bytes.
