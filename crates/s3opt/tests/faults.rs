@@ -361,3 +361,33 @@ async fn a_retry_keeps_its_place_when_the_window_shrinks_below_what_is_in_flight
     assert!(retry.started < others_done, "the retry started before any other PUT ended");
     assert!(retry.finished < others_done, "and, 4 MiB against 12 MiB, ended before them");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_the_service_turned_away_gives_up_its_place_while_it_backs_off() {
+    // One request in flight at a time; every request under down/ fails with a 500. While
+    // the PUT to down/ waits out its backoffs, the PUT to up/ takes the slot and finishes.
+    let scenario = format!("[faults]\nfail_prefixes = [\"{BUCKET}/down/\"]");
+    let (_d, _s, _emu, client) = via_emulator_with(&scenario, |cfg| {
+        cfg.controller = s3opt::ControllerKind::Fixed(1);
+        cfg.retry.max_attempts = 6;
+    })
+    .await;
+    let attempts = std::sync::Arc::new(Attempts::default());
+    client.add_sample_observer(attempts.clone());
+    let body = data(64 * 1024, 3);
+    let client = &client;
+    let down = async { client.put_object(BUCKET, "down/x", &body[..], PutOptions::default()).await };
+    let up = async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        client.put_object(BUCKET, "up/y", &body[..], PutOptions::default()).await
+    };
+    let (down, up) = futures::future::join(down, up).await;
+    assert!(down.is_err(), "the failing prefix fails");
+    up.unwrap();
+    let seen = attempts.0.lock().unwrap().clone();
+    let up_done =
+        seen.iter().find(|(k, s)| k == "up/y" && s.outcome == s3opt::network::Outcome::Ok).unwrap().1.finished;
+    let down_attempts: Vec<_> = seen.iter().filter(|(k, _)| k == "down/x").map(|(_, s)| s.finished).collect();
+    assert_eq!(down_attempts.len(), 6);
+    assert!(up_done < *down_attempts.last().unwrap(), "up/ did not wait for down/'s retries to run out");
+}
