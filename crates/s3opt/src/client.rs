@@ -120,11 +120,6 @@ pub struct MemoryReservation {
 }
 
 impl MemoryReservation {
-    /// Bytes still reserved (whole units of the pool's accounting).
-    pub fn bytes(&self) -> u64 {
-        self.permit.num_permits() as u64 * crate::performance::buffer::UNIT
-    }
-
     /// Gives back what is reserved beyond `keep` bytes (never takes more): for a holder
     /// whose data drains, so the budget it no longer needs goes to others at once.
     pub fn shrink_to(&mut self, keep: u64) {
@@ -783,7 +778,7 @@ impl Engine {
                     detail: failure.error.to_string(),
                 });
             }
-            if !matches!(failure.outcome, Outcome::Reset | Outcome::Timeout) {
+            if !failure.outcome.is_loss() {
                 // The service turned it away (throttled, failing): the retry queues behind
                 // the window like any request, and its backoff holds no slot (with one of 8
                 // prefixes failing outright, retries waiting out their backoff in the

@@ -48,7 +48,13 @@ impl Outcome {
 
     /// Whether this is a congestion signal (controllers decrease their window on it).
     pub fn is_congestion(self) -> bool {
-        matches!(self, Outcome::Throttled | Outcome::Timeout | Outcome::Reset)
+        self == Outcome::Throttled || self.is_loss()
+    }
+
+    /// Whether the path lost the request (a timeout or a reset), rather than the service
+    /// turning it away.
+    pub fn is_loss(self) -> bool {
+        matches!(self, Outcome::Timeout | Outcome::Reset)
     }
 
     /// snake_case name, as in metrics.
@@ -149,7 +155,7 @@ impl LossFilter {
     /// congestion signal. Fewer than `span` attempts so far count as `span` (an early
     /// single reset is not a 100% loss rate).
     pub fn on_outcome(&mut self, outcome: Outcome) -> bool {
-        let lossy = matches!(outcome, Outcome::Timeout | Outcome::Reset);
+        let lossy = outcome.is_loss();
         if self.recent.len() == self.span && self.recent.pop_front() == Some(true) {
             self.failures -= 1;
         }

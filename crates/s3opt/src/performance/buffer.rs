@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Budget accounting granularity.
-pub(crate) const UNIT: u64 = 4096;
+const UNIT: u64 = 4096;
 
 pub(crate) fn units(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX)
