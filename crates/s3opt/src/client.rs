@@ -26,6 +26,7 @@ use crate::adaptive::monitor::{Monitor, TimelinePoint};
 use crate::adaptive::optimizer::part_size_for;
 use crate::adaptive::window::Window;
 use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE, SHORT_ROUND_TRIP};
+use crate::connection::Warm;
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
@@ -71,6 +72,8 @@ pub(crate) struct Engine {
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
     observers: std::sync::RwLock<Vec<(u64, Arc<dyn SampleObserver>)>>,
+    /// Connections dialled ahead of data requests (see [`OptimizedS3Client::expect_requests`]).
+    warm: Option<Arc<Warm>>,
 }
 
 /// Sees every finished request attempt of a client, with the object key it was for (empty
@@ -98,6 +101,10 @@ struct Control {
     /// No request has finished and no data request has begun, so the start may still be
     /// changed (see [`ClientConfig::short_path_concurrency`]).
     pristine: bool,
+    /// A data request has begun (connections dialled ahead would now duplicate pooled ones).
+    data_begun: bool,
+    /// The shortest round trip of any request that succeeded.
+    fastest: Option<std::time::Duration>,
 }
 
 /// A failed attempt: how it ended (for retry and controllers) and what to report.
@@ -199,15 +206,15 @@ impl OptimizedS3Client {
             );
         if let Some(algorithm) = &cfg.tcp_congestion {
             crate::connection::tcp::check(algorithm).map_err(Error::Config)?;
-            let http = crate::connection::tuned_http_client(
-                algorithm,
-                cfg.max_concurrency,
-                cfg.connect_timeout,
-                cfg.idle_timeout,
-            )
-            .map_err(Error::Config)?;
-            loader = loader.http_client(http);
         }
+        let (http, warm) = crate::connection::tuned_http_client(
+            cfg.tcp_congestion.as_deref(),
+            cfg.max_concurrency,
+            cfg.connect_timeout,
+            cfg.idle_timeout,
+        )
+        .map_err(Error::Config)?;
+        loader = loader.http_client(http);
         if let Some(profile) = &cfg.profile {
             loader = loader.profile_name(profile);
         }
@@ -232,11 +239,15 @@ impl OptimizedS3Client {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
         let endpoint = endpoint_url.unwrap_or_else(|| format!("AWS S3 ({region})"));
-        Ok(Self::from_sdk(aws_sdk_s3::Client::from_conf(s3_conf), cfg, endpoint))
+        Ok(Self::build(aws_sdk_s3::Client::from_conf(s3_conf), cfg, endpoint, Some(warm)))
     }
 
-    /// Wraps an SDK client built elsewhere.
+    /// Wraps an SDK client built elsewhere (its connections are not dialled ahead).
     pub fn from_sdk(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String) -> Self {
+        Self::build(s3, cfg, endpoint, None)
+    }
+
+    fn build(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String, warm: Option<Arc<Warm>>) -> Self {
         let metrics = Metrics::new();
         // The buffer pool bounds memory: large parts queue on it, while small objects (a
         // few hundred KiB each) may use the whole window.
@@ -255,6 +266,8 @@ impl OptimizedS3Client {
             monitor: Monitor::new(now),
             rtt: RttEstimator::default(),
             pristine: true,
+            data_begun: false,
+            fastest: None,
         };
         let pacer = cfg.bandwidth_limit.map(|r| Arc::new(Pacer::new(r as f64)));
         let engine = Engine {
@@ -273,6 +286,7 @@ impl OptimizedS3Client {
             newest_done: AtomicU64::new(0),
             cleanup: std::sync::Mutex::new(Vec::new()),
             observers: std::sync::RwLock::new(Vec::new()),
+            warm,
         };
         if adaptive {
             engine.size_first_parts(initial);
@@ -288,6 +302,19 @@ impl OptimizedS3Client {
     /// The underlying SDK client, for calls this crate does not wrap.
     pub fn sdk(&self) -> &aws_sdk_s3::Client {
         &self.engine.s3
+    }
+
+    /// Tells the client that up to `n` data requests are about to start (a ship's pieces,
+    /// an upload's parts): before its first data request, it dials their connections (no
+    /// more than the window) while the first round trip is out. Afterwards, or on a short
+    /// path, it does nothing.
+    pub fn expect_requests(&self, n: usize) {
+        self.engine.expect_requests(n);
+    }
+
+    /// Connections dialled ahead so far (see [`OptimizedS3Client::expect_requests`]).
+    pub fn connections_dialled_ahead(&self) -> usize {
+        self.engine.warm.as_ref().map_or(0, |w| w.dialled())
     }
 
     /// Fixes how many requests may be in flight from now on (the controller becomes
@@ -579,6 +606,21 @@ impl Engine {
         self.metrics.set_part_size(part);
     }
 
+    /// Up to `n` data requests are about to start, the first ones of this client: their
+    /// connections (no more than the window) are dialled now, beside whatever round trip
+    /// comes first, instead of each request waiting its own handshake when it starts. On a
+    /// short path (a round trip under [`SHORT_ROUND_TRIP`] seen) there is nothing to gain.
+    pub(crate) fn expect_requests(&self, n: usize) {
+        let Some(warm) = &self.warm else { return };
+        let c = self.control.lock().expect("control lock");
+        if c.data_begun || c.fastest.is_some_and(|l| l < SHORT_ROUND_TRIP) {
+            return;
+        }
+        let n = n.min(c.controller.window());
+        drop(c);
+        warm.want(n);
+    }
+
     /// The first request to finish, if it is not a data request and no data request has
     /// begun, tells how far away the endpoint is: a short path starts at
     /// [`ClientConfig::short_path_concurrency`] requests instead of `concurrency` (see
@@ -684,6 +726,7 @@ impl Engine {
             let (delivered_at_start, delivered_time_at_start) = {
                 let mut c = self.control.lock().expect("control lock");
                 c.pristine &= !windowed;
+                c.data_begun |= windowed;
                 (c.delivered, c.delivered_time)
             };
             let started = Instant::now();
@@ -746,6 +789,10 @@ impl Engine {
                 delivered_time_at_start,
                 delivered_at_end: delivered_at_start,
             };
+            if sample.outcome == Outcome::Ok {
+                let mut c = self.control.lock().expect("control lock");
+                c.fastest = Some(c.fastest.map_or(sample.latency(), |f| f.min(sample.latency())));
+            }
             if !windowed && sample.outcome == Outcome::Ok {
                 self.first_round_trip(sample.latency());
             }

@@ -391,3 +391,55 @@ async fn a_retry_the_service_turned_away_gives_up_its_place_while_it_backs_off()
     assert_eq!(down_attempts.len(), 6);
     assert!(up_done < *down_attempts.last().unwrap(), "up/ did not wait for down/'s retries to run out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploads_parts_find_their_connections_dialled_while_the_upload_is_created() {
+    // 300 ms round trips, and the emulator holds a new connection one round trip (the
+    // handshake): a part on a connection of its own takes two and its transfer, one
+    // dialled while CreateMultipartUpload was out takes one and its transfer (a debug
+    // build on a busy machine moves 5 MiB over loopback in well under a round trip).
+    let rtt = 0.3;
+    let (_d, _s, emu, client) = via_emulator_with("[link]\nrtt_ms = 300.0", |cfg| {
+        cfg.controller = s3opt::ControllerKind::Fixed(4);
+        cfg.part_size = 5 * MIB;
+    })
+    .await;
+    let attempts = std::sync::Arc::new(Attempts::default());
+    client.add_sample_observer(attempts.clone());
+    let src = data(20 * MIB as usize, 11);
+    let opts = PutOptions { content_length: Some(src.len() as u64), ..PutOptions::default() };
+    client.put_object(BUCKET, "warm", &src[..], opts.clone()).await.unwrap();
+    assert_eq!(client.connections_dialled_ahead(), 4, "one per part, no more than the window");
+    let parts: Vec<f64> = attempts
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s.op == s3opt::network::Op::UploadPart)
+        .map(|(_, s)| s.latency().as_secs_f64())
+        .collect();
+    assert_eq!(parts.len(), 4);
+    assert!(parts.iter().all(|&l| l < 2.0 * rtt), "no part waited for a handshake: {parts:?}");
+    // The four dialled ahead, and CreateMultipartUpload's own unless it took one of them
+    // (it names the endpoint, so the dials start as it does): never one per request.
+    let connections = emu.report().totals.connections;
+    assert!((4..=5).contains(&connections), "{connections} connections for 6 requests");
+    // Once data requests have begun, the pool holds connections: nothing more is dialled.
+    client.put_object(BUCKET, "warm2", &src[..], opts).await.unwrap();
+    assert_eq!(client.connections_dialled_ahead(), 4);
+    let mut out = Vec::new();
+    client.get_object(BUCKET, "warm", &mut out).await.unwrap();
+    assert!(out == src, "bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_dialled_ahead_on_a_short_path() {
+    let (_d, server, _emu, client) = via_emulator_with("[link]\nrtt_ms = 0.0", |_| {}).await;
+    put_direct(&server, "x", b"x").await;
+    client.head(BUCKET, "x").await.unwrap();
+    client.expect_requests(4);
+    let src = data(12 * MIB as usize, 12);
+    let opts = PutOptions { content_length: Some(src.len() as u64), ..PutOptions::default() };
+    client.put_object(BUCKET, "near", &src[..], opts).await.unwrap();
+    assert_eq!(client.connections_dialled_ahead(), 0, "a round trip under 20 ms: handshakes cost nothing");
+}

@@ -279,6 +279,15 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
 
     let n = journal.plan.len();
     let pieces = plan::is_pieces(&journal.plan);
+    // Their connections are dialled while the destination is checked: each piece goes up as
+    // one PUT, a suitcase as parts.
+    let to_send = journal.plan.iter().zip(&journal.state).filter(|(_, s)| s.done.is_none());
+    client.expect_requests(if pieces {
+        to_send.count()
+    } else {
+        let bytes: u64 = to_send.flat_map(|(items, _)| items).map(|i| i.size).sum();
+        usize::try_from(bytes.div_ceil(client.part_size().max(1))).unwrap_or(usize::MAX)
+    });
     let coordinator = coordinator_for(client, o, &journal.plan);
     let coord = coordinator.as_ref();
     // `parallel` suitcases are packed at once (fewer under a small budget); a suitcase

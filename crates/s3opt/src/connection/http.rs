@@ -1,8 +1,10 @@
-//! The SDK's HTTP client rebuilt on [`CongestionConnector`](super::tcp::CongestionConnector):
-//! hyper's pooled client (HTTP/1.1, TLS through rustls with the system's roots), the
-//! connect and first-byte timeouts of the client's configuration, and hyper's errors
-//! turned into the SDK's connector errors so retries classify them as before.
+//! The SDK's HTTP client rebuilt on [`CongestionConnector`](super::tcp::CongestionConnector)
+//! and [`Warm`](super::warm::Warm): hyper's pooled client (HTTP/1.1, TLS through rustls with
+//! the system's roots), connections dialled ahead when asked, the connect and first-byte
+//! timeouts of the client's configuration, and hyper's errors turned into the SDK's
+//! connector errors so retries classify them as before.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
@@ -13,33 +15,40 @@ use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::ErrorKind;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::tcp::CongestionConnector;
+use super::warm::{Warm, WarmConnector};
 
 /// How long an idle pooled connection is kept.
 const IDLE_POOLED: Duration = Duration::from_secs(90);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Tuned {
-    client: Client<HttpsConnector<CongestionConnector>, SdkBody>,
+    client: Client<WarmConnector, SdkBody>,
+    warm: Arc<Warm>,
     first_byte: Duration,
 }
 
-/// An HTTP client for the SDK whose sockets use TCP congestion control `algorithm`
-/// (checked beforehand with [`super::tcp::check`]), keeping up to `pool` idle connections
-/// per endpoint (the most requests the window may put in flight), connecting within
-/// `connect_timeout` and giving up on a response whose headers take longer than
-/// `first_byte`.
+impl std::fmt::Debug for Tuned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuned").field("warm", &self.warm).field("first_byte", &self.first_byte).finish()
+    }
+}
+
+/// An HTTP client for the SDK whose sockets use TCP congestion control `algorithm` when
+/// one is given (checked beforehand with [`super::tcp::check`]), keeping up to `pool` idle
+/// connections per endpoint (the most requests the window may put in flight), connecting
+/// within `connect_timeout` and giving up on a response whose headers take longer than
+/// `first_byte`; with the handle that dials its connections ahead.
 pub fn tuned_http_client(
-    algorithm: &str,
+    algorithm: Option<&str>,
     pool: usize,
     connect_timeout: Duration,
     first_byte: Duration,
-) -> Result<SharedHttpClient, String> {
+) -> Result<(SharedHttpClient, Arc<Warm>), String> {
     let mut tcp = TcpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -50,12 +59,13 @@ pub fn tuned_http_client(
         .https_or_http()
         .enable_http1()
         .wrap_connector(CongestionConnector::new(tcp, algorithm));
+    let warm = Warm::new(https.clone());
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(pool)
         .pool_idle_timeout(IDLE_POOLED)
         .pool_timer(TokioTimer::new())
-        .build(https);
-    Ok(SharedHttpClient::new(Tuned { client, first_byte }))
+        .build(WarmConnector { inner: https, warm: warm.clone() });
+    Ok((SharedHttpClient::new(Tuned { client, warm: warm.clone(), first_byte }), warm))
 }
 
 impl HttpClient for Tuned {
@@ -70,6 +80,7 @@ impl HttpConnector for Tuned {
             Ok(r) => r,
             Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
         };
+        self.warm.saw(request.uri());
         let (sending, limit) = (self.client.request(request), self.first_byte);
         HttpConnectorFuture::new(async move {
             match tokio::time::timeout(limit, sending).await {

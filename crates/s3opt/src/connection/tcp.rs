@@ -1,4 +1,4 @@
-//! TCP connections with a chosen congestion control: hyper's connector, then
+//! TCP connections, optionally with a chosen congestion control: hyper's connector, then
 //! `setsockopt(TCP_CONGESTION)` on each new socket (Linux; the kernel's list of
 //! algorithms is in `/proc/sys/net/ipv4/tcp_available_congestion_control`).
 
@@ -34,17 +34,18 @@ pub fn check(name: &str) -> Result<(), String> {
         .map_err(|e| format!("TCP congestion control '{name}' cannot be used here ({e}){}", offered()))
 }
 
-/// hyper's TCP connector, setting the congestion control of every connection it opens.
+/// hyper's TCP connector, setting the congestion control of every connection it opens
+/// (when one is chosen; else the kernel's default stays).
 #[derive(Clone, Debug)]
 pub struct CongestionConnector {
     inner: HttpConnector,
-    algorithm: Arc<str>,
+    algorithm: Option<Arc<str>>,
 }
 
 impl CongestionConnector {
     /// Wraps `inner` (which must accept `https` URIs when TLS goes on top).
-    pub fn new(inner: HttpConnector, algorithm: &str) -> Self {
-        Self { inner, algorithm: algorithm.into() }
+    pub fn new(inner: HttpConnector, algorithm: Option<&str>) -> Self {
+        Self { inner, algorithm: algorithm.map(Into::into) }
     }
 }
 
@@ -62,7 +63,9 @@ impl tower_service::Service<http::Uri> for CongestionConnector {
         let algorithm = self.algorithm.clone();
         Box::pin(async move {
             let io = connecting.await?;
-            socket2::SockRef::from(io.inner()).set_tcp_congestion(algorithm.as_bytes())?;
+            if let Some(algorithm) = algorithm {
+                socket2::SockRef::from(io.inner()).set_tcp_congestion(algorithm.as_bytes())?;
+            }
             Ok(io)
         })
     }
@@ -79,7 +82,7 @@ mod tests {
         check("reno").expect("reno is always there");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
-        let mut connector = CongestionConnector::new(HttpConnector::new(), "reno");
+        let mut connector = CongestionConnector::new(HttpConnector::new(), Some("reno"));
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.unwrap();
         let io = connector.call(uri).await.unwrap();
         let set = socket2::SockRef::from(io.inner()).tcp_congestion().unwrap();

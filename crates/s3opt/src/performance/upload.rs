@@ -263,6 +263,10 @@ where
             if first.len() < size {
                 return put_single(engine, bucket, key, first, &opts).await;
             }
+            // The parts' connections are dialled while CreateMultipartUpload is out.
+            if let Some(total) = opts.content_length {
+                engine.expect_requests(usize::try_from(total.div_ceil(size.max(1))).unwrap_or(usize::MAX));
+            }
             let upload_id = create_multipart(engine, bucket, key, &opts).await?;
             if let Some(journal) = &opts.journal {
                 journal.upload_started(&upload_id);

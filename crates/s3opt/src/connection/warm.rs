@@ -1,0 +1,153 @@
+//! Connections dialled ahead of the requests that will use them: while a transfer's first
+//! round trip (a CreateMultipartUpload, a listing) is out, the connections its data requests
+//! need are opened beside it, so those requests do not each wait a TCP (and TLS) handshake.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::tcp::CongestionConnector;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Https = HttpsConnector<CongestionConnector>;
+type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// A dialled connection older than this is not handed out: servers close idle connections
+/// (S3 after about 20 s), and a request on a closed one fails and is sent again.
+const FRESH: Duration = Duration::from_secs(10);
+
+/// Dialled connections not yet taken by hyper, and how many more are wanted.
+pub struct Warm {
+    dialer: Https,
+    /// `scheme://authority` of the requests seen, the first time one is seen.
+    endpoint: Mutex<Option<http::Uri>>,
+    idle: Mutex<Vec<(String, Instant, Conn)>>,
+    /// Dials asked for before any request named the endpoint.
+    pending: AtomicUsize,
+    dialing: AtomicUsize,
+    dialled: AtomicUsize,
+}
+
+impl std::fmt::Debug for Warm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warm").field("dialled", &self.dialled.load(Relaxed)).finish_non_exhaustive()
+    }
+}
+
+fn key_of(uri: &http::Uri) -> String {
+    format!("{}://{}", uri.scheme_str().unwrap_or("http"), uri.authority().map(|a| a.as_str()).unwrap_or(""))
+}
+
+impl Warm {
+    pub(super) fn new(dialer: Https) -> Arc<Self> {
+        Arc::new(Self {
+            dialer,
+            endpoint: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            dialing: AtomicUsize::new(0),
+            dialled: AtomicUsize::new(0),
+        })
+    }
+
+    /// Have `n` connections ready for the endpoint: dials what the ones already waiting or
+    /// being dialled do not cover, now if a request has named the endpoint, else when the
+    /// next one does.
+    pub fn want(self: &Arc<Self>, n: usize) {
+        let have = self.idle.lock().expect("warm lock").len() + self.dialing.load(Relaxed);
+        let more = n.saturating_sub(have);
+        if more == 0 {
+            return;
+        }
+        match self.endpoint.lock().expect("warm lock").clone() {
+            Some(uri) => self.dial(uri, more),
+            None => {
+                self.pending.fetch_max(more, Relaxed);
+            }
+        }
+    }
+
+    /// Connections dialled ahead so far (taken or not).
+    pub fn dialled(&self) -> usize {
+        self.dialled.load(Relaxed)
+    }
+
+    /// A request is about to go to `uri`: remembers the endpoint and dials what was wanted
+    /// before it was known.
+    pub(super) fn saw(self: &Arc<Self>, uri: &http::Uri) {
+        let mut endpoint = self.endpoint.lock().expect("warm lock");
+        if endpoint.is_none() {
+            let Ok(base) = key_of(uri).parse::<http::Uri>() else { return };
+            *endpoint = Some(base.clone());
+            drop(endpoint);
+            let n = self.pending.swap(0, Relaxed);
+            if n > 0 {
+                self.dial(base, n);
+            }
+        }
+    }
+
+    fn dial(self: &Arc<Self>, uri: http::Uri, n: usize) {
+        tracing::debug!(connections = n, endpoint = %uri, "dialling ahead");
+        for _ in 0..n {
+            self.dialing.fetch_add(1, Relaxed);
+            let (warm, uri) = (self.clone(), uri.clone());
+            tokio::spawn(async move {
+                let mut dialer = warm.dialer.clone();
+                let dialled = async {
+                    std::future::poll_fn(|cx| dialer.poll_ready(cx)).await?;
+                    dialer.call(uri.clone()).await
+                };
+                match dialled.await {
+                    Ok(conn) => {
+                        warm.idle.lock().expect("warm lock").push((key_of(&uri), Instant::now(), conn));
+                        warm.dialled.fetch_add(1, Relaxed);
+                    }
+                    // The request that would have used it dials (and reports) on its own.
+                    Err(e) => tracing::debug!(error = %e, "could not dial ahead"),
+                }
+                warm.dialing.fetch_sub(1, Relaxed);
+            });
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<Conn> {
+        let mut idle = self.idle.lock().expect("warm lock");
+        idle.retain(|(_, at, _)| at.elapsed() < FRESH);
+        let i = idle.iter().position(|(k, _, _)| k == key)?;
+        Some(idle.swap_remove(i).2)
+    }
+}
+
+/// hyper's connector: a connection dialled ahead for the URI's endpoint if one waits,
+/// else a new one.
+#[derive(Clone)]
+pub(super) struct WarmConnector {
+    pub(super) inner: Https,
+    pub(super) warm: Arc<Warm>,
+}
+
+impl Service<http::Uri> for WarmConnector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        match self.warm.take(&key_of(&uri)) {
+            Some(conn) => Box::pin(std::future::ready(Ok(conn))),
+            None => self.inner.call(uri),
+        }
+    }
+}
