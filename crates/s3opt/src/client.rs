@@ -214,7 +214,6 @@ impl OptimizedS3Client {
             cfg.idle_timeout,
         )
         .map_err(Error::Config)?;
-        loader = loader.http_client(http);
         if let Some(profile) = &cfg.profile {
             loader = loader.profile_name(profile);
         }
@@ -231,7 +230,10 @@ impl OptimizedS3Client {
         let endpoint_url = cfg.endpoint_url.clone().or_else(|| shared.endpoint_url().map(str::to_owned));
         let region = shared.region().cloned().unwrap_or_else(|| Region::new("us-east-1"));
         let path_style = cfg.force_path_style.unwrap_or(endpoint_url.is_some());
+        // Only S3's requests go through it (credential providers keep the SDK's client), so
+        // the endpoint it dials ahead to is S3's.
         let s3_conf = aws_sdk_s3::config::Builder::from(&shared)
+            .http_client(http)
             .region(region.clone())
             .force_path_style(path_style)
             // We compute and verify checksums ourselves (CRC64NVME per part and per object).
