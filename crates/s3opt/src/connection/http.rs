@@ -15,6 +15,7 @@ use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::ErrorKind;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -53,12 +54,7 @@ pub fn tuned_http_client(
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
-        .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(CongestionConnector::new(tcp, algorithm));
+    let https = https_over(CongestionConnector::new(tcp, algorithm))?;
     let warm = Warm::new(https.clone());
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(pool)
@@ -66,6 +62,16 @@ pub fn tuned_http_client(
         .pool_timer(TokioTimer::new())
         .build(WarmConnector { inner: https, warm: warm.clone() });
     Ok((SharedHttpClient::new(Tuned { client, warm: warm.clone(), first_byte }), warm))
+}
+
+/// TLS (rustls, the system's roots) or plain HTTP/1.1 over `tcp`.
+pub(super) fn https_over(tcp: CongestionConnector) -> Result<HttpsConnector<CongestionConnector>, String> {
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+        .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp))
 }
 
 impl HttpClient for Tuned {

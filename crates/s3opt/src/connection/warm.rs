@@ -151,3 +151,72 @@ impl Service<http::Uri> for WarmConnector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    /// A listener that keeps what it accepts open and counts it.
+    async fn listener() -> (http::Uri, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/", l.local_addr().unwrap()).parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, Relaxed);
+                open.push(s);
+            }
+        });
+        (uri, accepted)
+    }
+
+    async fn settle(what: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if what() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_dialled_ahead_goes_to_a_request_for_its_endpoint_once() {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        let https = super::super::http::https_over(CongestionConnector::new(tcp, None)).unwrap();
+        let warm = Warm::new(https.clone());
+        let mut connector = WarmConnector { inner: https, warm: warm.clone() };
+        let (uri, accepted) = listener().await;
+        let (other, other_accepted) = listener().await;
+
+        // Wanted before any request named the endpoint: nothing to dial yet.
+        warm.want(2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Relaxed), 0);
+        // The first request names it: the two go out.
+        warm.saw(&uri);
+        settle(|| warm.dialled() == 2 && accepted.load(Relaxed) == 2).await;
+        assert_eq!((warm.dialled(), accepted.load(Relaxed)), (2, 2));
+
+        // Requests for it take those two, then dial their own.
+        for expected in [2, 2, 3] {
+            std::future::poll_fn(|cx| connector.poll_ready(cx)).await.unwrap();
+            connector.call(uri.clone()).await.unwrap();
+            settle(|| accepted.load(Relaxed) == expected).await;
+            assert_eq!(accepted.load(Relaxed), expected);
+        }
+        // Another endpoint never gets them.
+        warm.want(1);
+        settle(|| warm.dialled() == 3).await;
+        connector.call(other.clone()).await.unwrap();
+        settle(|| other_accepted.load(Relaxed) == 1).await;
+        assert_eq!(other_accepted.load(Relaxed), 1);
+        assert_eq!(accepted.load(Relaxed), 4, "the one wanted last went to the endpoint first seen");
+        connector.call(uri).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Relaxed), 4, "and the next request for it took it");
+    }
+}
