@@ -148,8 +148,14 @@ async fn slowdown_is_counted_as_throttling_and_retried() {
     }))
     .await;
     let slowdowns = emu.report().totals.status_503;
-    assert!(slowdowns > 0);
-    assert_eq!(client.metrics().errors.get("throttled"), Some(&slowdowns));
+    let errors = client.metrics().errors;
+    let (throttled, resets) =
+        (errors.get("throttled").copied().unwrap_or(0), errors.get("reset").copied().unwrap_or(0));
+    assert!(slowdowns > 0 && throttled > 0, "{slowdowns} 503s, {throttled} seen as throttling");
+    // Every SlowDown is counted as throttling, except one whose connection the emulator
+    // closed with the unread body still queued: the kernel's reset can then overtake the
+    // 503 (the client sees a reset, and retries all the same).
+    assert!(throttled <= slowdowns && slowdowns <= throttled + resets, "{slowdowns} 503s: {errors:?}");
     assert_eq!(client.list(BUCKET, "hot/", None).await.unwrap().objects.len(), 60);
 }
 
