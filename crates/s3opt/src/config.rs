@@ -56,7 +56,7 @@ pub struct ClientConfig {
     pub bandwidth_limit: Option<u64>,
     /// TCP congestion control for the client's connections (Linux `TCP_CONGESTION`, e.g.
     /// `bbr`, `cubic`, `reno`: `/proc/sys/net/ipv4/tcp_available_congestion_control` lists
-    /// them). `None` (default): the system's default, and the SDK's own HTTP client.
+    /// them). `None` (default): the system's default.
     pub tcp_congestion: Option<String>,
     /// Retry policy.
     pub retry: RetryPolicy,
