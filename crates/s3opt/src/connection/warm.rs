@@ -86,9 +86,15 @@ impl Warm {
         let mut endpoint = self.endpoint.lock().expect("warm lock");
         if endpoint.is_none() {
             let Ok(base) = key_of(uri).parse::<http::Uri>() else { return };
-            *endpoint = Some(base.clone());
-            drop(endpoint);
+            *endpoint = Some(base);
+        }
+        // Checked on every request, not only the first: a `want` that raced the first one
+        // (it found no endpoint, and left its count after this swap had run) is served by
+        // the next.
+        if self.pending.load(Relaxed) > 0 {
             let n = self.pending.swap(0, Relaxed);
+            let base = endpoint.clone().expect("set above");
+            drop(endpoint);
             if n > 0 {
                 self.dial(base, n);
             }
