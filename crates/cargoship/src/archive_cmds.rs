@@ -199,7 +199,11 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> anyhow::Result<()> {
     let session = setup::connect(g).await?;
     let client = &session.client;
     let started = Instant::now();
-    let reader = ArchiveReader::open(client.clone(), &src.bucket, &src.key).await?;
+    let reader = if a.paths.is_empty() {
+        ArchiveReader::open_to_restore_all(client.clone(), &src.bucket, &src.key).await?
+    } else {
+        ArchiveReader::open(client.clone(), &src.bucket, &src.key).await?
+    };
     let o =
         RestoreOptions { dest: a.destination.clone(), patterns: a.paths.clone(), overwrite: a.overwrite, parallel: 2 };
     let progress = Arc::new(ExtractProgress::default());

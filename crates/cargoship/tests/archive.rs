@@ -517,3 +517,31 @@ async fn an_interrupted_ship_does_not_resume_over_an_archive_written_since() {
     assert_eq!(keys_under(&env, "place").await, before, "their archive is untouched");
     assert!(Journal::open(&dir).unwrap().is_some(), "the interrupted run is kept for --no-resume");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_whole_archive_dials_its_suitcases_connections_while_the_inventory_comes_down() {
+    let env = start().await;
+    let src = small_tree(&env, "warm", 7, 40);
+    ship(&env.client, &options(&env, &src, "warm"), Arc::new(ShipProgress::default())).await.unwrap();
+    // 100 ms round trips: the first request (the inventory's HEAD) is not a short path.
+    let scenario = Scenario::parse("name = \"t\"\n[link]\nrtt_ms = 100.0").unwrap();
+    let emu = Emulator::start(scenario, "127.0.0.1:0".parse().unwrap(), &env.server.endpoint_url()).await.unwrap();
+
+    // Opened for a part of it (or a listing, a mount): nothing is dialled ahead.
+    let far = client_for(&env.server, emu.endpoint_url()).await;
+    ArchiveReader::open(far.clone(), "bucket", "warm").await.unwrap();
+    assert_eq!(far.connections_dialled_ahead(), 0);
+
+    // Opened to restore all of it: one connection per suitcase, and the restore's GETs
+    // take them (no GET opens a connection of its own).
+    let far = client_for(&env.server, emu.endpoint_url()).await;
+    let reader = ArchiveReader::open_to_restore_all(far.clone(), "bucket", "warm").await.unwrap();
+    let suitcases = reader.inventory().suitcases.len();
+    assert!(suitcases > 4, "shipped as pieces: {suitcases}");
+    assert_eq!(far.connections_dialled_ahead(), suitcases);
+    let before = emu.report().totals.connections;
+    let out = env.dir.path().join("out-warm");
+    restore(&reader, &restore_opts(out.clone(), &[]), Arc::new(ExtractProgress::default())).await.unwrap();
+    assert_same_tree(&src, &out);
+    assert_eq!(emu.report().totals.connections, before, "the suitcases' GETs used the connections dialled ahead");
+}

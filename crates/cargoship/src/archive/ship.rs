@@ -378,6 +378,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         content_type: Some("application/zstd".into()),
         sse: o.put.sse.clone(),
         sse_kms_key_id: o.put.sse_kms_key_id.clone(),
+        metadata: restore_hint(&inv),
         ..Default::default()
     };
     client.put_object(&o.bucket, &inv_key, &stored[..], inv_opts).await?;
@@ -396,6 +397,16 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     prefixes.dedup();
     report.prefixes = prefixes;
     Ok(report)
+}
+
+/// What a restore reads from the inventory's HEAD to dial its suitcases' connections while
+/// the inventory itself comes down (see [`super::reader::ArchiveReader::open_to_restore_all`]).
+fn restore_hint(inv: &Inventory) -> std::collections::HashMap<String, String> {
+    [
+        (super::reader::SUITCASES_META.to_owned(), inv.suitcases.len().to_string()),
+        (super::reader::STORED_BYTES_META.to_owned(), inv.totals.stored_bytes.to_string()),
+    ]
+    .into()
 }
 
 fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date: bool, r: Resumed) -> ShipReport {
