@@ -103,8 +103,8 @@ struct Control {
     pristine: bool,
     /// A data request has begun (connections dialled ahead would now duplicate pooled ones).
     data_begun: bool,
-    /// The shortest round trip of any request that succeeded.
-    fastest: Option<std::time::Duration>,
+    /// The first round trip took under [`SHORT_ROUND_TRIP`] (see [`Engine::first_round_trip`]).
+    short_path: bool,
 }
 
 /// A failed attempt: how it ended (for retry and controllers) and what to report.
@@ -269,7 +269,7 @@ impl OptimizedS3Client {
             rtt: RttEstimator::default(),
             pristine: true,
             data_begun: false,
-            fastest: None,
+            short_path: false,
         };
         let pacer = cfg.bandwidth_limit.map(|r| Arc::new(Pacer::new(r as f64)));
         let engine = Engine {
@@ -611,11 +611,11 @@ impl Engine {
     /// Up to `n` data requests are about to start, the first ones of this client: their
     /// connections (no more than the window) are dialled now, beside whatever round trip
     /// comes first, instead of each request waiting its own handshake when it starts. On a
-    /// short path (a round trip under [`SHORT_ROUND_TRIP`] seen) there is nothing to gain.
+    /// short path (a first round trip under [`SHORT_ROUND_TRIP`]) there is nothing to gain.
     pub(crate) fn expect_requests(&self, n: usize) {
         let Some(warm) = &self.warm else { return };
         let c = self.control.lock().expect("control lock");
-        if c.data_begun || c.fastest.is_some_and(|l| l < SHORT_ROUND_TRIP) {
+        if c.data_begun || c.short_path {
             return;
         }
         let n = n.min(c.controller.window());
@@ -630,7 +630,11 @@ impl Engine {
     /// the destination is checked).
     fn first_round_trip(&self, latency: std::time::Duration) {
         let mut c = self.control.lock().expect("control lock");
-        if !std::mem::replace(&mut c.pristine, false) || latency >= SHORT_ROUND_TRIP || !c.adaptive_parts {
+        if !std::mem::replace(&mut c.pristine, false) {
+            return;
+        }
+        c.short_path = latency < SHORT_ROUND_TRIP;
+        if !c.short_path || !c.adaptive_parts {
             return;
         }
         let Some(n) = self.cfg.short_path_concurrency.filter(|&n| n < c.controller.window()) else { return };
@@ -791,10 +795,6 @@ impl Engine {
                 delivered_time_at_start,
                 delivered_at_end: delivered_at_start,
             };
-            if sample.outcome == Outcome::Ok {
-                let mut c = self.control.lock().expect("control lock");
-                c.fastest = Some(c.fastest.map_or(sample.latency(), |f| f.min(sample.latency())));
-            }
             if !windowed && sample.outcome == Outcome::Ok {
                 self.first_round_trip(sample.latency());
             }
