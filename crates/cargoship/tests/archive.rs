@@ -139,6 +139,10 @@ async fn a_tree_ships_and_restores_whole_and_one_file_by_ranged_reads() {
     assert!(report.stored_bytes < report.bytes, "compressed");
     assert!(env.client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left open");
     assert!(!env.dir.path().join("state/journals").read_dir().unwrap().any(|_| true), "journal removed");
+    // The inventory was staged while the suitcases went up and committed last: a multipart
+    // upload of one part (its ETag says so), not a PUT after them.
+    let inv = env.client.head("bucket", &format!("archives/one/{INVENTORY_NAME}")).await.unwrap();
+    assert!(inv.e_tag.as_deref().unwrap_or_default().trim_matches('"').ends_with("-1"), "{:?}", inv.e_tag);
     // The packing pipelines' reservations and every part's buffer are back in the budget.
     assert_eq!(env.client.memory_in_use(), 0);
 

@@ -176,12 +176,14 @@ async fn an_interrupted_ship_can_be_discarded_leaving_nothing_behind() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.bin"), noise(30 * MIB, 1)).unwrap();
     let ship = ["--concurrency", "2", "--part-size", "5MiB", "ship", src.to_str().unwrap(), "s3://bucket/gone"];
-    ship_and_kill(&env, &ship, |e| e.contains("\"event\":\"part\"")).await;
+    // Killed once a part is in and the inventory, staged as soon as the suitcase was packed,
+    // is waiting for its commit: two uploads are open.
+    ship_and_kill(&env, &ship, |e| e.contains("\"event\":\"part\"") && e.contains("inventory_upload")).await;
     let client = env.client().await;
-    assert_eq!(client.list_multipart_uploads("bucket", "").await.unwrap().len(), 1);
+    assert_eq!(client.list_multipart_uploads("bucket", "").await.unwrap().len(), 2);
     let o = env.run(&[&ship[..], &["--abort"]].concat()).await;
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("1 multipart upload(s) aborted"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 multipart upload(s) aborted"), "{}", stderr(&o));
     assert!(client.list_multipart_uploads("bucket", "").await.unwrap().is_empty());
     assert!(client.list("bucket", "gone", None).await.unwrap().objects.is_empty());
     assert!(env.events().is_empty());
@@ -199,13 +201,16 @@ async fn an_interrupted_upload_the_store_no_longer_has_is_sent_again() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.bin"), noise(30 * MIB, 2)).unwrap();
     let ship = ["-q", "--concurrency", "2", "--part-size", "5MiB", "ship", src.to_str().unwrap(), "s3://bucket/again"];
-    ship_and_kill(&env, &ship, |e| e.contains("\"event\":\"part\"")).await;
+    ship_and_kill(&env, &ship, |e| e.contains("\"event\":\"part\"") && e.contains("inventory_upload")).await;
     let client = env.client().await;
     let open = client.list_multipart_uploads("bucket", "").await.unwrap();
-    assert_eq!(open.len(), 1);
-    client.abort_multipart_upload("bucket", &open[0].key, &open[0].upload_id).await.unwrap();
+    let suitcase: Vec<_> = open.iter().filter(|u| u.key.contains("/suitcases/")).collect();
+    assert_eq!((open.len(), suitcase.len()), (2, 1), "the suitcase's and the staged inventory's");
+    client.abort_multipart_upload("bucket", &suitcase[0].key, &suitcase[0].upload_id).await.unwrap();
     let o = env.run(&ship).await;
     assert!(o.status.success(), "{}", stderr(&o));
+    // The killed run's inventory upload was aborted by this one, which committed its own.
+    assert!(client.list_multipart_uploads("bucket", "").await.unwrap().is_empty(), "no upload left open");
     let out = env.dir.path().join("out");
     let o = env.run(&["-q", "restore", "s3://bucket/again", out.to_str().unwrap()]).await;
     assert!(o.status.success(), "{}", stderr(&o));

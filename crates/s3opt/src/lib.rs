@@ -47,4 +47,4 @@ pub use performance::block_cache::CacheStats;
 pub use performance::download::GetResult;
 pub use performance::metrics::MetricsSnapshot;
 pub use performance::reader::{ObjectReader, PendingRead, ReaderStats};
-pub use performance::upload::{JournaledPart, PutOptions, PutResult, ResumePoint, UploadJournal};
+pub use performance::upload::{Commit, CommitGate, JournaledPart, PutOptions, PutResult, ResumePoint, UploadJournal};

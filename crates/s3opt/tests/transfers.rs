@@ -223,3 +223,56 @@ async fn a_chosen_tcp_congestion_control_carries_transfers_and_keeps_errors_clea
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert!(err.to_string().contains("warp-drive"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_upload_sends_its_bytes_now_and_appears_only_when_committed() {
+    let env = start().await;
+    let src = data(300_000, 9);
+    let sent_when = |c: &s3opt::OptimizedS3Client| c.metrics().requests_by_op.get("UploadPart").copied().unwrap_or(0);
+
+    // Held: the bytes go up (an object under one part still goes as a part), nothing appears.
+    let (commit, gate) = s3opt::Commit::new();
+    let opts = PutOptions { content_length: Some(src.len() as u64), commit: Some(gate), ..PutOptions::default() };
+    let upload = {
+        let (client, src) = (env.client.clone(), src.clone());
+        tokio::spawn(async move { client.put_object(BUCKET, "held/inventory", &src[..], opts).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sent_when(&env.client) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the part was never sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!upload.is_finished(), "it waits for the commit");
+    assert!(
+        matches!(env.client.head(BUCKET, "held/inventory").await, Err(Error::NoSuchKey { .. })),
+        "nothing appears before the commit"
+    );
+    assert_eq!(env.client.list_multipart_uploads(BUCKET, "held/").await.unwrap().len(), 1);
+    commit.commit();
+    let put = upload.await.unwrap().unwrap();
+    assert!(put.multipart && put.parts == 1, "{put:?}");
+    let mut out = Vec::new();
+    let got = env.client.get_object(BUCKET, "held/inventory", &mut out).await.unwrap();
+    assert_eq!(got.verified_with, Some("CRC64NVME"));
+    assert!(out == src, "the committed object holds the bytes sent before the commit");
+    assert!(env.client.list_multipart_uploads(BUCKET, "held/").await.unwrap().is_empty());
+
+    // Dropped instead: the upload is aborted and nothing is left.
+    let (commit, gate) = s3opt::Commit::new();
+    let opts = PutOptions { content_length: Some(src.len() as u64), commit: Some(gate), ..PutOptions::default() };
+    let parts_before = sent_when(&env.client);
+    let upload = {
+        let (client, src) = (env.client.clone(), src.clone());
+        tokio::spawn(async move { client.put_object(BUCKET, "held/dropped", &src[..], opts).await })
+    };
+    while sent_when(&env.client) == parts_before {
+        assert!(std::time::Instant::now() < deadline, "the part was never sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(commit);
+    let err = upload.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(matches!(env.client.head(BUCKET, "held/dropped").await, Err(Error::NoSuchKey { .. })));
+    assert!(env.client.list_multipart_uploads(BUCKET, "held/").await.unwrap().is_empty(), "aborted");
+}

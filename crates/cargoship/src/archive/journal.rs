@@ -68,6 +68,11 @@ enum Event {
         index: u32,
         record: Box<SuitcaseRecord>,
     },
+    /// The inventory's upload, sent ahead and held until every suitcase is in (older
+    /// builds skip the line).
+    InventoryUpload {
+        upload_id: String,
+    },
 }
 
 /// What the journal knows about one suitcase.
@@ -95,6 +100,9 @@ pub struct Journal {
     pub skipped: Vec<Skipped>,
     /// Per suitcase, as replayed when the journal was opened.
     pub state: Vec<SuitcaseState>,
+    /// Inventory uploads started by earlier runs (held, never continued: a run that did not
+    /// commit its inventory left it open, and the next run or a discard aborts it).
+    pub inventory_uploads: Vec<String>,
 }
 
 /// Where journals live: `CARGOSHIP_STATE_DIR`, else `$XDG_STATE_HOME/cargoship`, else
@@ -172,6 +180,7 @@ impl Journal {
         };
         let file: PlanFile = serde_json::from_slice(&plan_bytes).map_err(|e| Self::err(dir, e))?;
         let mut state = vec![SuitcaseState::default(); file.plan.len()];
+        let mut inventory_uploads = Vec::new();
         let events_path = dir.join("events.jsonl");
         let text = match std::fs::read_to_string(&events_path) {
             Ok(t) => t,
@@ -205,6 +214,7 @@ impl Journal {
                         s.done = Some(*record);
                     }
                 }
+                Event::InventoryUpload { upload_id } => inventory_uploads.push(upload_id),
             }
         }
         let mut log = OpenOptions::new().create(true).append(true).open(&events_path).map_err(|e| Self::err(dir, e))?;
@@ -221,6 +231,7 @@ impl Journal {
             plan: file.plan,
             skipped: file.skipped,
             state,
+            inventory_uploads,
         }))
     }
 
@@ -258,6 +269,32 @@ impl Journal {
         resume: Option<ResumePoint>,
     ) -> Arc<dyn UploadJournal> {
         Arc::new(SuitcaseJournal { journal: self.clone(), index, key: key.into(), resume })
+    }
+
+    /// The upload journal of the inventory: it records the upload's id (so that a run
+    /// killed before its commit leaves nothing open for long), never resumes it, and lets
+    /// a failed or cancelled one be aborted.
+    pub fn for_inventory(self: &Arc<Self>) -> Arc<dyn UploadJournal> {
+        Arc::new(InventoryJournal(self.clone()))
+    }
+}
+
+#[derive(Debug)]
+struct InventoryJournal(Arc<Journal>);
+
+impl UploadJournal for InventoryJournal {
+    fn resume_point(&self) -> Option<ResumePoint> {
+        None
+    }
+
+    fn upload_started(&self, upload_id: &str) {
+        self.0.append(&Event::InventoryUpload { upload_id: upload_id.into() });
+    }
+
+    fn part_done(&self, _: &JournaledPart) {}
+
+    fn keeps_failed_uploads(&self) -> bool {
+        false
     }
 }
 
@@ -307,6 +344,7 @@ mod tests {
         up.upload_started("u-1");
         let part = JournaledPart { number: 2, offset: 5, size: 5, crc64nvme: 9, e_tag: "e".into() };
         up.part_done(&part);
+        j.for_inventory().upload_started("inv-1");
         j.restart(0);
         drop(up);
         // A torn final line, as a kill -9 mid-write would leave.
@@ -323,6 +361,7 @@ mod tests {
         assert_eq!(again.state[1].key.as_deref(), Some("s1"));
         assert_eq!(again.state[1].parts, [part]);
         assert!(again.state[0].upload_id.is_none());
+        assert_eq!(again.inventory_uploads, ["inv-1"], "an inventory upload is remembered to be aborted");
         let again = Arc::new(again);
         again.for_suitcase(0, "s0", None).upload_started("u-2");
         let third = Journal::open(dir.path()).unwrap().unwrap();

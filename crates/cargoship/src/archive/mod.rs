@@ -2,15 +2,18 @@
 //! "suitcases" plus an inventory, restorable whole or file by file with ranged reads.
 //!
 //! Layout under `s3://bucket/prefix/`: `suitcases/s-RUN-NNNNNN.tar.zst` (tar streams
-//! compressed in independent frames; RUN, an id per run, keeps runs off each other's keys) and `cargoship-inventory.json.zst` (every entry, where its bytes are,
-//! its BLAKE3; uploaded last, it is the archive's commit point).
+//! compressed in independent frames; RUN, an id per run, keeps runs off each other's
+//! keys) and `cargoship-inventory.json.zst` (every entry, where its bytes are, its BLAKE3;
+//! completed last, it is the archive's commit point).
 //!
 //! Pieces: [`walk`] finds the entries, [`plan`] groups them into suitcases, [`pack`] writes
 //! the framed tar, [`codec`] compresses frames, [`journal`] makes shipping resumable,
-//! [`ship`] runs it all, [`reader`] reads files back by frame, [`restore`], [`verify`],
-//! [`survey`] and [`listing`] are the other commands.
+//! [`ship`] runs it all (`commit` sends the inventory ahead and completes it last),
+//! [`reader`] reads files back by frame, [`restore`], [`verify`], [`survey`] and
+//! [`listing`] are the other commands.
 
 pub mod codec;
+mod commit;
 pub mod extract;
 pub mod inventory;
 pub mod journal;

@@ -1,6 +1,7 @@
 //! `ship`: walk, plan, and for each suitcase run three stages at once — pack (tar + hash,
 //! blocking thread) -> compress frames (blocking pool, in order) -> multipart upload
-//! (the adaptive client) — then upload the inventory as the commit point. A journal makes
+//! (the adaptive client) — and the inventory, the commit point, goes up once every suitcase
+//! is packed and is completed once every one is in (see [`super::commit`]). A journal makes
 //! every step resumable; nothing touches local disk but the journal.
 
 use std::io;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::codec::Codec;
+use super::commit;
 use super::inventory::{
     self, Entry, Frame, INVENTORY_NAME, Inventory, Kind, PLAIN_INVENTORY_NAME, Skipped, Suitcase, Totals,
 };
@@ -298,12 +300,28 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     // A small tree's pieces are single PUTs of a few MiB: they go up side by side.
     let uploads_at_once =
         if pieces { (2 * plan::SMALL_TREE_PIECES as usize).max(2 * o.parallel.max(1)) } else { 2 * o.parallel.max(1) };
+    // The inventory is staged as soon as every suitcase is packed, and committed last.
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let inv_key = join_key(&o.prefix, INVENTORY_NAME);
+    let (early, early_rx) = mpsc::unbounded_channel();
+    let build: commit::Build = {
+        let (o, source, skipped, created) =
+            (o.clone(), journal.settings.source.clone(), journal.skipped.clone(), created.clone());
+        Box::new(move |records| {
+            let mut inv = inventory_of(&o, source, skipped, created, records);
+            (inv.to_stored(), inventory_options(&o, &inv))
+        })
+    };
+    let stager =
+        commit::start(client.clone(), (o.bucket.clone(), inv_key.clone()), build, journal.clone(), n, early_rx);
     let uploading = futures::stream::iter(0..n)
         .map(|i| {
             let (journal, progress, source) = (journal.clone(), progress.clone(), source.clone());
-            let packers = packers.clone();
+            let (packers, early) = (packers.clone(), early.clone());
             async move {
-                ship_suitcase(client, o, &source, &journal, i, progress, &packers, coord).await.map(|(r, x)| (i, r, x))
+                ship_suitcase(client, o, &source, &journal, i, progress, &packers, coord, &early)
+                    .await
+                    .map(|(r, x)| (i, r, x))
             }
         })
         .buffer_unordered(uploads_at_once)
@@ -316,6 +334,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                 // The destination holds an archive (or could not be checked): what this run
                 // sent meanwhile goes, and the journal with it (read back from disk: a task
                 // of a dropped upload may still hold the shared one for a moment).
+                stager.discard().await;
                 let items = journal.plan.concat();
                 drop(journal);
                 let discarded = match Journal::open(&dir) {
@@ -332,6 +351,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     if let Some(pos) = results.iter().position(|r| matches!(r, Err(ArchiveError::Changed { .. }))) {
         // --strict stopped the run: leave nothing behind (no uploads, no suitcases, no journal).
         let err = results.into_iter().nth(pos).expect("position is valid").expect_err("an error");
+        stager.discard().await;
         let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
         let reopened = Journal::open(&dir)?.unwrap_or(journal);
         discard_journal(client, o, reopened).await?;
@@ -340,7 +360,13 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     let mut records: Vec<Option<SuitcaseRecord>> = vec![None; n];
     let mut resumed = Resumed::default();
     for r in results {
-        let (i, record, x) = r?;
+        let (i, record, x) = match r {
+            Ok(done) => done,
+            Err(e) => {
+                stager.discard().await;
+                return Err(e);
+            }
+        };
         records[i] = Some(record);
         resumed.suitcases += x.suitcases;
         resumed.parts += x.parts;
@@ -348,40 +374,9 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     }
     let records: Vec<SuitcaseRecord> = records.into_iter().map(|r| r.expect("every suitcase finished")).collect();
 
-    let mut skipped = journal.skipped.clone();
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut suitcases: Vec<Suitcase> = Vec::new();
-    for r in records {
-        entries.extend(r.entries);
-        skipped.extend(r.skipped);
-        suitcases.push(r.suitcase);
-    }
-    let mut inv = Inventory {
-        format: inventory::FORMAT.into(),
-        version: inventory::VERSION,
-        digest: String::new(),
-        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        tool: format!("cargoship {}", env!("CARGO_PKG_VERSION")),
-        source: journal.settings.source.clone(),
-        codec: o.codec,
-        level: o.level,
-        hash: "blake3".into(),
-        totals: Totals::of(&entries, &suitcases),
-        suitcases,
-        entries,
-        skipped,
-    };
+    let mut inv = inventory_of(o, journal.settings.source.clone(), journal.skipped.clone(), created, records);
     let stored = inv.to_stored();
-    let inv_key = join_key(&o.prefix, INVENTORY_NAME);
-    let inv_opts = PutOptions {
-        content_length: Some(stored.len() as u64),
-        content_type: Some("application/zstd".into()),
-        sse: o.put.sse.clone(),
-        sse_kms_key_id: o.put.sse_kms_key_id.clone(),
-        metadata: restore_hint(&inv),
-        ..Default::default()
-    };
-    client.put_object(&o.bucket, &inv_key, &stored[..], inv_opts).await?;
+    stager.commit(client, (&o.bucket, &inv_key), stored, inventory_options(o, &inv)).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
     let shipped = journal.settings.source.clone();
     journal.remove()?;
@@ -397,6 +392,49 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     prefixes.dedup();
     report.prefixes = prefixes;
     Ok(report)
+}
+
+/// The inventory of a ship whose suitcases are `records` (in plan order).
+fn inventory_of(
+    o: &ShipOptions,
+    source: String,
+    mut skipped: Vec<Skipped>,
+    created: String,
+    records: Vec<SuitcaseRecord>,
+) -> Inventory {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut suitcases: Vec<Suitcase> = Vec::new();
+    for r in records {
+        entries.extend(r.entries);
+        skipped.extend(r.skipped);
+        suitcases.push(r.suitcase);
+    }
+    Inventory {
+        format: inventory::FORMAT.into(),
+        version: inventory::VERSION,
+        digest: String::new(),
+        created,
+        tool: format!("cargoship {}", env!("CARGO_PKG_VERSION")),
+        source,
+        codec: o.codec,
+        level: o.level,
+        hash: "blake3".into(),
+        totals: Totals::of(&entries, &suitcases),
+        suitcases,
+        entries,
+        skipped,
+    }
+}
+
+/// How the inventory goes up: STANDARD, encrypted as the suitcases are, with the restore hint.
+fn inventory_options(o: &ShipOptions, inv: &Inventory) -> PutOptions {
+    PutOptions {
+        content_type: Some("application/zstd".into()),
+        sse: o.put.sse.clone(),
+        sse_kms_key_id: o.put.sse_kms_key_id.clone(),
+        metadata: restore_hint(inv),
+        ..Default::default()
+    }
 }
 
 /// What a restore reads from the inventory's HEAD to dial its suitcases' connections while
@@ -521,6 +559,10 @@ fn same_tree(inv: &Inventory, items: &[walk::Item]) -> bool {
         })
 }
 
+/// Where each suitcase's record goes as soon as it is known, for the inventory's stager
+/// (see [`super::commit`]).
+type Early = mpsc::UnboundedSender<(usize, SuitcaseRecord)>;
+
 #[derive(Debug, Default)]
 struct Resumed {
     suitcases: usize,
@@ -538,9 +580,11 @@ async fn ship_suitcase(
     progress: Arc<ShipProgress>,
     packers: &Packers,
     coordinator: Option<&PipelineCoordinator>,
+    early: &Early,
 ) -> Result<(SuitcaseRecord, Resumed)> {
     let state = &journal.state[index];
     if let Some(done) = &state.done {
+        let _ = early.send((index, done.clone()));
         return Ok((done.clone(), Resumed { suitcases: 1, ..Default::default() }));
     }
     // A resumed upload keeps its key; a new one asks the coordinator for a prefix.
@@ -564,14 +608,15 @@ async fn ship_suitcase(
         (None, None) => suitcase_key(o.codec, &journal.run, index),
     };
     let resume = state.upload_id.clone().map(|upload_id| ResumePoint { upload_id, parts: state.parts.clone() });
-    let first = upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone(), packers).await;
+    let first =
+        upload_suitcase(client, o, source, journal, index, &key, resume, progress.clone(), packers, early).await;
     let (record, put) = match first {
         Err(ArchiveError::S3(e)) if state.upload_id.is_some() && restartable(&e) => {
             tracing::warn!(suitcase = index, error = %e, "cannot continue the interrupted upload; sending this suitcase again");
             let old = state.upload_id.as_deref().unwrap_or_default();
             let _ = client.abort_multipart_upload(&o.bucket, &join_key(&o.prefix, &key), old).await;
             journal.restart(index as u32);
-            upload_suitcase(client, o, source, journal, index, &key, None, progress, packers).await?
+            upload_suitcase(client, o, source, journal, index, &key, None, progress, packers, early).await?
         }
         Err(e) => {
             if let Some(l) = lease {
@@ -608,6 +653,7 @@ async fn upload_suitcase(
     resume: Option<ResumePoint>,
     progress: Arc<ShipProgress>,
     packers: &Packers,
+    early: &Early,
 ) -> Result<(SuitcaseRecord, s3opt::PutResult)> {
     // The pipeline's frames count against the memory budget only while it packs: once a
     // suitcase's data is all handed to the upload, its share goes to the parts in flight.
@@ -642,13 +688,32 @@ async fn upload_suitcase(
     opts.journal = Some(journal.for_suitcase(index as u32, key, resume));
     let full_key = join_key(&o.prefix, key);
     let upload = client.put_object(&o.bucket, &full_key, reader, opts);
-    let (up, comp) = tokio::join!(upload, compress);
-    let ((frames, packed), put) = match (comp, up) {
+    // The suitcase's record is complete once it is packed: it goes to the inventory's
+    // stager then, while the upload's last parts are still out.
+    let record = async {
+        let (frames, packed, crc) = compress.await?;
+        let record = record_of(index, key, frames, packed, crc);
+        let _ = early.send((index, record.clone()));
+        Ok(record)
+    };
+    let (up, rec) = tokio::join!(upload, record);
+    let (record, put) = match (rec, up) {
         // Compression stopped because the upload did: the upload's error says why (and
         // decides whether the suitcase is sent afresh).
         (Err(ArchiveError::Pack(m)), Err(e)) if m == UPLOAD_STOPPED => return Err(e.into()),
-        (comp, up) => (comp?, up?),
+        (rec, up) => (rec?, up?),
     };
+    if put.checksum_crc64nvme != record.suitcase.crc64nvme {
+        return Err(ArchiveError::Pack(format!(
+            "suitcase {key}: the upload's CRC64NVME {} is not the packed bytes' {}",
+            put.checksum_crc64nvme, record.suitcase.crc64nvme
+        )));
+    }
+    Ok((record, put))
+}
+
+/// What the inventory holds for suitcase `index` at `key`, packed into `frames` with CRC64NVME `crc`.
+fn record_of(index: usize, key: &str, frames: Vec<Frame>, packed: Packed, crc: String) -> SuitcaseRecord {
     let files = packed.entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
     let stored = frames.last().map(|f| f.stored_offset() + f.stored_len()).unwrap_or(0);
     let mut entries = packed.entries;
@@ -657,15 +722,9 @@ async fn upload_suitcase(
         e.suitcase = Some(index as u32);
         e.frame = Some(frames.partition_point(|f| f.tar_offset() + f.tar_len() <= off) as u32);
     }
-    let suitcase = Suitcase {
-        key: key.to_owned(),
-        size: stored,
-        tar_size: packed.tar_size,
-        crc64nvme: put.checksum_crc64nvme.clone(),
-        files,
-        frames,
-    };
-    Ok((SuitcaseRecord { suitcase, entries, skipped: packed.skipped }, put))
+    let suitcase =
+        Suitcase { key: key.to_owned(), size: stored, tar_size: packed.tar_size, crc64nvme: crc, files, frames };
+    SuitcaseRecord { suitcase, entries, skipped: packed.skipped }
 }
 
 /// How the compression stage fails when the upload stops taking its output.
@@ -693,9 +752,12 @@ async fn compress_stage(
     body: mpsc::Sender<io::Result<Bytes>>,
     reserved: &mut s3opt::MemoryReservation,
     frame_size: u64,
-) -> Result<(Vec<Frame>, Packed)> {
+) -> Result<(Vec<Frame>, Packed, String)> {
     let mut pending = FuturesOrdered::new();
     let mut frames = Vec::new();
+    // The suitcase's CRC64NVME as packed: the inventory is made (and staged) from it before
+    // the upload, which computes its own from the parts, ends.
+    let mut crc = s3opt::integrity::CombinedCrc::new(s3opt::integrity::Algorithm::Crc64Nvme);
     let mut stored = 0u64;
     let mut open = true;
     let stopped = || ArchiveError::Pack(UPLOAD_STOPPED.into());
@@ -714,13 +776,14 @@ async fn compress_stage(
             done.expect("compress task").map_err(|e| ArchiveError::Pack(e.to_string()))?;
         frames.push(Frame(stored, data.len() as u64, tar_offset, tar_len));
         stored += data.len() as u64;
+        crc.push(s3opt::integrity::crc64nvme_b64(&data).0, data.len() as u64);
         body.send(Ok(Bytes::from(data))).await.map_err(|_| stopped())?;
         if !open {
             reserved.shrink_to((pending.len() as u64 + BODY_FRAMES) * frame_size);
         }
     }
     match packer.await.expect("packer task") {
-        Ok(packed) => Ok((frames, packed)),
+        Ok(packed) => Ok((frames, packed, crc.b64())),
         Err(err) => {
             let _ = body.send(Err(io::Error::other(err.to_string()))).await;
             Err(err)
@@ -773,6 +836,13 @@ async fn discard_journal(client: &OptimizedS3Client, o: &ShipOptions, j: Journal
                 Err(s3opt::Error::NoSuchKey { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+    // A staged inventory that was never committed (one that was is gone: any error is fine).
+    let inv_key = join_key(prefix, INVENTORY_NAME);
+    for id in &j.inventory_uploads {
+        if client.abort_multipart_upload(bucket, &inv_key, id).await.is_ok() {
+            out.aborted_uploads += 1;
         }
     }
     if !j.run.is_empty() {
@@ -848,7 +918,7 @@ mod tests {
         };
         let stage = compress_stage(raw_rx, packer, Codec::None, 0, 2, body_tx, &mut reserved, 2 * mib);
         let (done, held) = tokio::join!(stage, upload);
-        let (index, _) = done.unwrap();
+        let (index, _, _) = done.unwrap();
         assert_eq!(index.len(), frames as usize);
         assert_eq!(held[0], 24 * mib, "while files are read, all 12 frames stay reserved");
         // Only the reservation holds the budget here.

@@ -49,6 +49,42 @@ pub struct PutOptions {
     /// are recorded. With a journal, a failed or cancelled upload is left in place (not
     /// aborted) so that a later run can continue it.
     pub journal: Option<Arc<dyn UploadJournal>>,
+    /// Holds the upload's completion until [`Commit::commit`] is called: its bytes go up
+    /// now, and the object appears only then (an object smaller than one part still goes
+    /// as a multipart upload of one part). If the [`Commit`] is dropped instead, the
+    /// upload is aborted and `put_object` returns [`Error::Cancelled`]. A commit point that
+    /// must follow other uploads (an archive's inventory) so costs one round trip at the
+    /// end instead of its bytes' time on one connection.
+    pub commit: Option<CommitGate>,
+}
+
+/// The side of a held upload ([`PutOptions::commit`]) that waits for the word to complete.
+#[derive(Debug, Clone)]
+pub struct CommitGate(tokio::sync::watch::Receiver<bool>);
+
+/// Completes a held upload ([`PutOptions::commit`]) when committed; aborts it when dropped.
+#[derive(Debug)]
+pub struct Commit(tokio::sync::watch::Sender<bool>);
+
+impl Commit {
+    /// A commit and the gate to pass in [`PutOptions::commit`].
+    pub fn new() -> (Commit, CommitGate) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Commit(tx), CommitGate(rx))
+    }
+
+    /// Lets the held upload complete.
+    pub fn commit(self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl CommitGate {
+    /// Waits for [`Commit::commit`]; an error if the commit was dropped instead.
+    async fn opened(&self) -> Result<()> {
+        let mut rx = self.0.clone();
+        rx.wait_for(|open| *open).await.map(drop).map_err(|_| Error::Cancelled)
+    }
 }
 
 /// A part that S3 has acknowledged, as a resume journal records it.
@@ -86,6 +122,11 @@ pub trait UploadJournal: Send + Sync + std::fmt::Debug {
     fn upload_started(&self, upload_id: &str);
     /// S3 acknowledged a part.
     fn part_done(&self, part: &JournaledPart);
+    /// Whether a failed or cancelled upload is left in place for a later run to continue
+    /// (else it is aborted, and the journal only records that it was started).
+    fn keeps_failed_uploads(&self) -> bool {
+        true
+    }
 }
 
 /// What an upload did.
@@ -260,7 +301,7 @@ where
         None => {
             let size = engine.next_part_size(1, 0, opts.content_length);
             let first = src.next(engine, size, false).await?;
-            if first.len() < size {
+            if first.len() < size && opts.commit.is_none() {
                 return put_single(engine, bucket, key, first, &opts).await;
             }
             // The parts' connections are dialled while CreateMultipartUpload is out.
@@ -274,7 +315,7 @@ where
             (upload_id, Some((first, size, false)), Vec::new())
         }
     };
-    let keep_for_resume = opts.journal.is_some();
+    let keep_for_resume = opts.journal.as_ref().is_some_and(|j| j.keeps_failed_uploads());
     let mut guard = AbortGuard {
         engine: engine.clone(),
         bucket: bucket.into(),
@@ -284,6 +325,9 @@ where
     };
     let result = async {
         let parts = send_parts(engine, bucket, key, &upload_id, &mut src, first, resumed, &opts).await?;
+        if let Some(gate) = &opts.commit {
+            gate.opened().await?;
+        }
         complete(engine, bucket, key, &upload_id, parts).await
     }
     .await;
