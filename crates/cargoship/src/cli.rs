@@ -100,9 +100,11 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check an archive: suitcases present and intact, optionally content and a local tree.
     Verify(VerifyArgs),
-    /// Upload a file (or - for stdin) to s3://bucket/key.
+    /// Upload a file (or - for stdin) to s3://bucket/key, or every file of a directory
+    /// under s3://bucket/prefix.
     Put(PutArgs),
-    /// Download s3://bucket/key to a file (or - for stdout), verified against S3's checksum.
+    /// Download s3://bucket/key to a file (or - for stdout), or every object under
+    /// s3://bucket/prefix/ into a directory, verified against S3's checksums.
     Get(GetArgs),
     /// List the archives under s3://bucket/prefix (or, if there are none, the objects).
     Ls(LsArgs),
@@ -146,9 +148,12 @@ pub struct PutArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Object to download, s3://bucket/key.
+    /// Object to download, s3://bucket/key; or a prefix, s3://bucket/prefix/ (ending in /,
+    /// or a bucket alone): every object under it, into the DESTINATION directory.
     pub source: String,
-    /// Local file (or directory) to write, or - for standard output.
+    /// Local file (or directory) to write, or - for standard output; for a prefix, the
+    /// directory to download into (created if missing; files there with the same names
+    /// are replaced).
     pub destination: String,
     /// Only this byte range, as OFFSET:LEN (LEN 0 = to the end).
     #[arg(long, value_name = "OFFSET:LEN", value_parser = parse_range)]

@@ -16,7 +16,7 @@ use crate::setup;
 
 /// The machine-readable summary of a transfer (`--json`).
 #[derive(Serialize)]
-struct Summary {
+pub(crate) struct Summary {
     command: &'static str,
     source: String,
     destination: String,
@@ -27,7 +27,13 @@ struct Summary {
     retries: u64,
     errors: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    verified_with: Option<&'static str>,
+    pub(crate) verified_with: Option<&'static str>,
+    /// Objects transferred, when there were many (a prefix).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) objects: Option<u64>,
+    /// Of those, how many were verified against a checksum S3 stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) verified_objects: Option<u64>,
     /// The controller's final state.
     controller: ControllerState,
     metrics: MetricsSnapshot,
@@ -36,7 +42,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn new(
+    pub(crate) fn new(
         command: &'static str,
         source: String,
         destination: String,
@@ -57,13 +63,15 @@ impl Summary {
             retries: metrics.retries,
             errors: metrics.errors.clone(),
             verified_with: None,
+            objects: None,
+            verified_objects: None,
             controller: client.controller_state(),
             metrics,
             timeline: client.timeline(),
         }
     }
 
-    fn print(&self, g: &GlobalOpts, to_stderr: bool) {
+    pub(crate) fn print(&self, g: &GlobalOpts, to_stderr: bool) {
         if g.json {
             let json = serde_json::to_string_pretty(self).expect("summary serializes");
             // With the data itself on stdout, the summary goes to stderr.
@@ -75,9 +83,12 @@ impl Summary {
             return;
         }
         let verb = if self.command == "put" { "uploaded" } else { "downloaded" };
+        let what = match self.objects {
+            Some(n) => format!("{n} objects under {}", self.source),
+            None => self.source.clone(),
+        };
         let mut line = format!(
-            "{verb} {} to {}: {} in {:.2} s ({:.1} MB/s), {} requests, {} retries",
-            self.source,
+            "{verb} {what} to {}: {} in {:.2} s ({:.1} MB/s), {} requests, {} retries",
             self.destination,
             human(self.bytes),
             self.seconds,
@@ -85,8 +96,10 @@ impl Summary {
             self.requests,
             self.retries
         );
-        if let Some(alg) = self.verified_with {
-            line.push_str(&format!(", verified ({alg})"));
+        match (self.verified_with, self.objects, self.verified_objects) {
+            (Some(alg), _, _) => line.push_str(&format!(", verified ({alg})")),
+            (None, Some(n), Some(v)) => line.push_str(&format!(", {v} of {n} verified against a checksum S3 stored")),
+            _ => {}
         }
         if to_stderr || g.quiet {
             if !g.quiet {
@@ -153,7 +166,10 @@ pub async fn put(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
 }
 
 pub async fn get(g: &GlobalOpts, args: &GetArgs) -> anyhow::Result<()> {
-    let src = S3Url::parse_object(&args.source)?;
+    let src = S3Url::parse(&args.source)?;
+    if src.key.is_empty() || src.key.ends_with('/') {
+        return crate::get_many::get_prefix(g, args, src).await;
+    }
     let to_stdout = args.destination == "-";
     let mut dest = PathBuf::from(&args.destination);
     if !to_stdout && dest.is_dir() {

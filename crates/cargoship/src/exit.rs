@@ -32,6 +32,14 @@ pub fn code(err: &anyhow::Error) -> i32 {
     if err.downcast_ref::<LocalFileError>().is_some() {
         return 6;
     }
+    if let Some(e) = err.downcast_ref::<crate::get_many::GetManyError>() {
+        use crate::get_many::GetManyError as G;
+        return match e {
+            G::Usage(_) => 2,
+            G::Empty(_) => 3,
+            G::BadKey { .. } => 1,
+        };
+    }
     if let Some(a) = err.downcast_ref::<cargoship::archive::ArchiveError>() {
         use cargoship::archive::ArchiveError as A;
         return match a {

@@ -5,6 +5,7 @@ mod archive_cmds;
 mod cli;
 mod commands;
 mod exit;
+mod get_many;
 mod mount;
 mod progress;
 mod put_many;

@@ -36,15 +36,6 @@ impl S3Url {
         }
         Ok(Self { bucket: bucket.to_owned(), key: key.to_owned() })
     }
-
-    /// Like [`parse`](Self::parse) but the key must not be empty.
-    pub fn parse_object(url: &str) -> Result<Self, BadUrl> {
-        let u = Self::parse(url)?;
-        if u.key.is_empty() {
-            return Err(BadUrl { url: url.to_owned(), reason: "object key is missing" });
-        }
-        Ok(u)
-    }
 }
 
 impl fmt::Display for S3Url {
@@ -70,6 +61,5 @@ mod tests {
             let e = S3Url::parse(bad).unwrap_err().to_string();
             assert!(e.contains("malformed S3 URL"), "{bad}: {e}");
         }
-        assert!(S3Url::parse_object("s3://bucket").unwrap_err().to_string().contains("key is missing"));
     }
 }

@@ -97,8 +97,8 @@ async fn malformed_urls_exit_2_with_the_reason() {
     std::fs::write(&f, b"x").unwrap();
     let o = run_against(&env, &["put", f.to_str().unwrap(), "bucket/key"]).await;
     assert_fails(&o, 2, "must start with s3://");
-    let o = run_against(&env, &["get", "s3://bucket", "out"]).await;
-    assert_fails(&o, 2, "object key is missing");
+    let o = run_against(&env, &["get", "s3://bucket", "-"]).await;
+    assert_fails(&o, 2, "not to standard output");
     let o = run_against(&env, &["ls", "s3://Not_A_Bucket/"]).await;
     assert_fails(&o, 2, "bucket names");
 }
@@ -235,4 +235,75 @@ async fn put_of_a_directory_spreads_objects_over_prefixes_with_coordination_metr
     assert!(j.get("coordination").is_none());
     let o = run_against(&env, &["put", tree.to_str().unwrap(), "s3://bucket/x/", "--strategy", "fastest"]).await;
     assert_fails(&o, 1, "unknown strategy 'fastest'");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_downloads_into_a_directory_with_one_get_per_small_object() {
+    let env = start().await;
+    let client = s3opt::OptimizedS3Client::new(s3opt::ClientConfig {
+        endpoint_url: Some(env.server.endpoint_url()),
+        region: Some("us-east-1".into()),
+        credentials: Some(("cargoship".into(), "cargoship-secret".into())),
+        ..s3opt::ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let data =
+        |len: usize, seed: u32| -> Vec<u8> { (0..len as u32).map(|i| (i.wrapping_mul(seed) >> 3) as u8).collect() };
+    let objects = [
+        ("data/a.txt", data(5, 3)),
+        ("data/sub/b.bin", data(300_000, 5)),
+        ("data/sub/deeper/c.bin", data(20 << 20, 7)),
+        ("other/x", data(10, 9)),
+    ];
+    for (key, bytes) in &objects {
+        client.put_object("bucket", key, &bytes[..], s3opt::PutOptions::default()).await.unwrap();
+    }
+
+    let out = env.dir.path().join("out");
+    let o = run_against(&env, &["--json", "get", "s3://bucket/data/", out.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((j["objects"].as_u64(), j["verified_objects"].as_u64()), (Some(3), Some(3)), "{j}");
+    assert_eq!(j["verified_with"], "CRC64NVME");
+    assert_eq!(j["bytes"], 5 + 300_000 + (20 << 20));
+    // Only the large object is looked at with a HEAD (then fetched in ranges); the small
+    // ones are one GET each.
+    let ops = &j["metrics"]["requests_by_op"];
+    assert_eq!(ops["HeadObject"], 1, "{ops}");
+    assert!(ops["GetObject"].as_u64().unwrap() >= 2 + 3, "{ops}");
+    for (key, bytes) in &objects[..3] {
+        let path = out.join(key.strip_prefix("data/").unwrap());
+        assert!(std::fs::read(&path).unwrap() == *bytes, "{key}");
+    }
+    assert!(!out.join("x").exists() && !out.join("other").exists(), "nothing from outside the prefix");
+    let partial = walk(&out).into_iter().filter(|p| p.to_string_lossy().contains("cargoship-partial")).count();
+    assert_eq!(partial, 0, "no temporary file is left");
+
+    // Again into the same directory: the files are replaced; the text summary says what went.
+    let o = run_against(&env, &["get", "s3://bucket/data/", out.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(line.starts_with("downloaded 3 objects under s3://bucket/data/ to "), "{line}");
+    assert!(line.contains("verified (CRC64NVME)"), "{line}");
+
+    let o = run_against(&env, &["get", "s3://bucket/nothing/", out.to_str().unwrap()]).await;
+    assert_fails(&o, 3, "no objects under s3://bucket/nothing/");
+    let o = run_against(&env, &["get", "s3://bucket/data/", out.join("a.txt").to_str().unwrap()]).await;
+    assert_fails(&o, 6, "not a directory");
+    let o = run_against(&env, &["get", "s3://bucket/data/", out.to_str().unwrap(), "--range", "0:10"]).await;
+    assert_fails(&o, 2, "--range applies to one object");
+}
+
+/// Every path under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }

@@ -140,6 +140,29 @@ async fn an_object_replaced_during_a_download_fails_it_and_leaves_no_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_dropped_mid_way_leaves_no_temporary_file() {
+    // As on Ctrl-C: the download's future is dropped while its ranges are coming in.
+    let (dir, server, _emu, client) = via_emulator("[link]\nbottleneck_down_mbps = 8.0").await;
+    put_direct(&server, "slow.bin", &data(16 * MIB as usize, 8)).await;
+    let dest = dir.path().join("slow.out");
+    let download = client.get_object_to_file(BUCKET, "slow.bin", &dest);
+    let partial = dir.path().join(".slow.out.cargoship-partial");
+    let cut = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while client.bytes_received() < 2 * MIB {
+            assert!(std::time::Instant::now() < deadline, "the download never started");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(partial.exists(), "bytes go to the temporary file while the download runs");
+    };
+    tokio::select! {
+        r = download => panic!("the download ended before it was cut: {r:?}"),
+        () = cut => {}
+    }
+    assert!(!partial.exists() && !dest.exists(), "nothing is left of the dropped download");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowdown_is_counted_as_throttling_and_retried() {
     let (_d, _s, emu, client) = via_emulator("[throttle]\nrequests_per_sec_per_prefix = 20.0").await;
     let client = &client;

@@ -262,7 +262,7 @@ mod tests {
         Listing {
             objects: objects
                 .iter()
-                .map(|(k, s)| ListEntry { key: (*k).into(), size: *s, last_modified: None })
+                .map(|(k, s)| ListEntry { key: (*k).into(), size: *s, last_modified: None, e_tag: None })
                 .collect(),
             common_prefixes: prefixes.iter().map(|p| (*p).into()).collect(),
             pages: 1,

@@ -15,7 +15,7 @@
 //! cooperate instead of starting afresh, no byte is missed, and a split only has to lower
 //! the range's end.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::client::{Engine, Failure, Steering, check_length, next_chunk};
+use aws_sdk_s3::types::ChecksumMode;
+use bytes::BytesMut;
+
+use crate::client::{Engine, Failure, ObjectInfo, Steering, check_length, next_chunk, read_body};
 use crate::error::{Error, Result};
-use crate::integrity::StreamHasher;
+use crate::integrity::{StoredChecksum, StreamHasher};
 use crate::network::{Op, Outcome};
 use crate::performance::download::{GetResult, get, in_order, verify};
 
@@ -331,12 +334,11 @@ pub(crate) async fn get_object_to_file(
     key: &str,
     path: &Path,
 ) -> Result<GetResult> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
-    let tmp = path.with_file_name(format!(".{name}.cargoship-partial"));
-    let cannot_write = |source| Error::Io { context: "cannot write destination", path: path.to_owned(), source };
-    let file =
-        Arc::new(std::sync::Mutex::new(tokio::fs::File::create(&tmp).await.map_err(cannot_write)?.into_std().await));
-    let result = async {
+    let tmp = Partial::beside(path);
+    let file = Arc::new(std::sync::Mutex::new(
+        tokio::fs::File::create(&tmp.0).await.map_err(cannot_write(path))?.into_std().await,
+    ));
+    async {
         let info = engine.head(bucket, key).await?;
         let fresh = info.checksum.as_ref().map(|c| c.hasher());
         let etag = info.e_tag.as_deref();
@@ -406,7 +408,7 @@ pub(crate) async fn get_object_to_file(
             return Err(Error::Config(format!("download ranges end at byte {next} of {}", info.size)));
         }
         verify(bucket, key, &info, whole.map(|w| w.b64()))?;
-        tokio::fs::rename(&tmp, path).await.map_err(cannot_write)?;
+        tmp.keep_as(path).await?;
         Ok(GetResult {
             bytes: info.size,
             ranges: count,
@@ -414,11 +416,94 @@ pub(crate) async fn get_object_to_file(
             verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()),
         })
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+    .await
+}
+
+/// The error of a destination that cannot be written.
+fn cannot_write(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { context: "cannot write destination", path: path.to_owned(), source }
+}
+
+/// A download's temporary file beside its destination (`.NAME.cargoship-partial`): removed
+/// unless it is renamed into place, also when the download is dropped (Ctrl-C).
+struct Partial(PathBuf);
+
+impl Partial {
+    fn beside(dest: &Path) -> Self {
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+        Self(dest.with_file_name(format!(".{name}.cargoship-partial")))
     }
-    result
+
+    async fn keep_as(self, dest: &Path) -> Result<()> {
+        tokio::fs::rename(&self.0, dest).await.map_err(cannot_write(dest))?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Downloads an object of `size` bytes (as listed, with its `e_tag`) that fits one
+/// download range as a single GET of the whole object: its full-object checksum comes
+/// with the response, so no HEAD is needed (a listing of many small objects costs one
+/// request per object). The body is held in memory (counted against the budget), checked
+/// and written beside `path`, then renamed into place.
+pub(crate) async fn get_whole_to_file(
+    engine: &Arc<Engine>,
+    bucket: &str,
+    key: &str,
+    e_tag: Option<&str>,
+    size: u64,
+    path: &Path,
+) -> Result<GetResult> {
+    let _held = engine.pool.reserve(size).await;
+    let (data, checksum) = engine
+        .run_keyed(key, Op::GetObject, size, move || async move {
+            let out = engine
+                .s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_mode(ChecksumMode::Enabled)
+                .set_if_match(e_tag.map(str::to_owned))
+                .send()
+                .await
+                .map_err(|e| engine.sdk_failure(e))?;
+            let checksum =
+                StoredChecksum::pick(out.checksum_crc64_nvme(), out.checksum_crc32_c(), out.checksum_crc32());
+            let expected = out.content_length().map(|n| n.max(0) as u64);
+            let mut buf = BytesMut::with_capacity(expected.unwrap_or(size) as usize);
+            read_body(engine, out.body, expected, &mut buf).await?;
+            Ok((buf.freeze(), checksum))
+        })
+        .await
+        .map_err(|e| e.with_downloaded_object(bucket, key))?;
+    let info = ObjectInfo {
+        size: data.len() as u64,
+        e_tag: None,
+        last_modified: None,
+        checksum,
+        metadata: Default::default(),
+    };
+    let actual = info.checksum.as_ref().map(|c| {
+        let mut h = c.hasher();
+        h.update(&data);
+        h.finish_b64()
+    });
+    verify(bucket, key, &info, actual)?;
+    let tmp = Partial::beside(path);
+    tokio::fs::write(&tmp.0, &data).await.map_err(cannot_write(path))?;
+    tmp.keep_as(path).await?;
+    Ok(GetResult {
+        bytes: data.len() as u64,
+        ranges: 1,
+        splits: 0,
+        verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()),
+    })
 }
 
 #[cfg(test)]
