@@ -18,7 +18,9 @@ use cli::{Cli, Command};
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn,fuser=error",
+        // The credential chain warns about every provider it tried; what matters reaches the
+        // error that ends the command (-v shows them).
+        0 => "warn,fuser=error,aws_config=error",
         1 => "info,s3opt=info,cargoship=info",
         _ => "debug,aws_smithy_runtime=info,aws_config=info,hyper_util=info",
     };

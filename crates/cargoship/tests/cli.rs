@@ -133,6 +133,19 @@ async fn wrong_credentials_exit_4() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_without_credentials_exits_4_at_once() {
+    let env = start().await;
+    let url = env.server.endpoint_url();
+    // No credentials anywhere (instance metadata off, so every machine answers alike): the
+    // request cannot be signed, which no retry will change.
+    let envs = [("AWS_ENDPOINT_URL", url.as_str()), ("AWS_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")];
+    let started = std::time::Instant::now();
+    let o = run(env.dir.path(), &envs, &["ls", "s3://bucket/"]).await;
+    assert_fails(&o, 4, "no usable AWS credentials");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "not retried: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_exits_5() {
     let env = start().await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

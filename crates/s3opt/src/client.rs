@@ -959,6 +959,17 @@ impl Engine {
                 Failure::new(Outcome::Timeout, Error::Unreachable { endpoint: self.endpoint.clone(), detail })
             }
             SdkError::DispatchFailure(df) => {
+                if let Some(cause) = credentials_error(&err) {
+                    // No request was sent: there is nothing to sign it with. Retrying will
+                    // not find credentials that are not there.
+                    return Failure::new(
+                        Outcome::ClientError,
+                        Error::AccessDenied {
+                            endpoint: self.endpoint.clone(),
+                            detail: format!("no usable AWS credentials ({cause})"),
+                        },
+                    );
+                }
                 if df.is_timeout() {
                     return Failure::new(
                         Outcome::Timeout,
@@ -1102,6 +1113,27 @@ pub(crate) fn check_length(expected: Option<u64>, got: u64) -> Result<(), Failur
         )),
         _ => Ok(()),
     }
+}
+
+/// The credential provider's error, if that is why a request could not be sent, as one
+/// short line (the chain's last provider's message, not the whole nested report).
+fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(match c {
+                // What the default chain says when its last provider (instance metadata)
+                // found nothing either.
+                CredentialsError::CredentialsNotLoaded(_) | CredentialsError::ProviderError(_) => {
+                    "none found: the environment, ~/.aws, SSO, container and instance metadata were tried".to_owned()
+                }
+                other => other.to_string(),
+            });
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// Appends a GET body to `buf` (see [`next_chunk`]); what arrived before a failure stays in
