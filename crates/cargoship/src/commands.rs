@@ -209,12 +209,27 @@ pub async fn get(g: &GlobalOpts, args: &GetArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => bail!("interrupted; no partial file was kept"),
     };
     progress.finish();
-    let (bytes, verified_with) = result?;
+    let missing = |e: &anyhow::Error| matches!(e.downcast_ref::<s3opt::Error>(), Some(s3opt::Error::NoSuchKey { .. }));
+    let (bytes, verified_with) = match result {
+        Err(e) if missing(&e) && has_objects_under(client, &src.bucket, &format!("{}/", src.key)).await => {
+            return Err(e.context(format!(
+                "{src} is a prefix, not an object (end the source with / to download what is under it into a directory)"
+            )));
+        }
+        other => other?,
+    };
     let destination = if to_stdout { "-".to_owned() } else { dest.display().to_string() };
     let mut summary = Summary::new("get", src.to_string(), destination, bytes, started, client);
     summary.verified_with = verified_with;
     summary.print(g, to_stdout);
     Ok(())
+}
+
+/// Whether any object's key starts with `prefix` (one listing of one key; false if it
+/// cannot be listed).
+async fn has_objects_under(client: &OptimizedS3Client, bucket: &str, prefix: &str) -> bool {
+    let listed = client.sdk().list_objects_v2().bucket(bucket).prefix(prefix).max_keys(1).send().await;
+    listed.is_ok_and(|out| !out.contents().is_empty())
 }
 
 fn check_writable_parent(dest: &Path) -> anyhow::Result<()> {

@@ -300,6 +300,9 @@ async fn a_prefix_downloads_into_a_directory_with_one_get_per_small_object() {
     assert!(line.starts_with("downloaded 3 objects under s3://bucket/data/ to "), "{line}");
     assert!(line.contains("verified (CRC64NVME)"), "{line}");
 
+    // Without its trailing '/', a prefix is an object that does not exist: the error says so.
+    let o = run_against(&env, &["get", "s3://bucket/data", out.to_str().unwrap()]).await;
+    assert_fails(&o, 3, "s3://bucket/data is a prefix, not an object (end the source with /");
     let o = run_against(&env, &["get", "s3://bucket/nothing/", out.to_str().unwrap()]).await;
     assert_fails(&o, 3, "no objects under s3://bucket/nothing/");
     let o = run_against(&env, &["get", "s3://bucket/data/", out.join("a.txt").to_str().unwrap()]).await;
