@@ -1,8 +1,8 @@
 //! `cargoship get s3://bucket/prefix/ DIR`: every object under the prefix becomes a file
 //! under DIR (its key after the prefix is the relative path), many at once through one
-//! client. Keys that cannot be a path under DIR are refused before anything is written;
-//! each file appears only once complete and verified, so a failed or interrupted run
-//! leaves whole files and no partial one.
+//! client, while the listing goes on. A page of keys that cannot all be paths under DIR
+//! stops the run before any of that page is written; each file appears only once complete
+//! and verified, so a failed or interrupted run leaves whole files and no partial one.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,58 +37,80 @@ pub enum GetManyError {
     BadKey { bucket: String, key: String, reason: &'static str },
 }
 
-/// What to fetch: objects to files, and the directories (markers, `key/`) to create.
+/// What one page of the listing asks for: objects to files, and the directories (markers,
+/// `key/`) to create.
 #[derive(Debug, Default)]
 struct Plan {
     files: Vec<(ListEntry, PathBuf)>,
     dirs: Vec<PathBuf>,
 }
 
-/// Maps the `objects` listed under `prefix` in `bucket` to paths relative to the
-/// destination. A key's part after the prefix must be a relative path of non-empty
-/// components other than `.` and `..`, and no object may be both a file and the directory
-/// of another.
-fn plan(bucket: &str, prefix: &str, objects: Vec<ListEntry>) -> Result<Plan, GetManyError> {
-    let mut plan = Plan::default();
-    let bad = |key: &str, reason| GetManyError::BadKey { bucket: bucket.into(), key: key.into(), reason };
-    for o in objects {
-        let Some(rel) = o.key.strip_prefix(prefix) else { continue };
-        let (rel, is_dir) = match rel.strip_suffix('/') {
-            Some(dir) => (dir, true),
-            None => (rel, false),
-        };
-        if rel.is_empty() {
-            // The prefix's own directory marker.
-            continue;
-        }
-        let mut path = PathBuf::new();
-        for part in rel.split('/') {
-            match part {
-                "" => return Err(bad(&o.key, "it has an empty path component ('//')")),
-                "." | ".." => return Err(bad(&o.key, "it has a '.' or '..' path component")),
-                p => path.push(p),
-            }
-        }
-        if is_dir {
-            plan.dirs.push(path);
-        } else {
-            plan.files.push((o, path));
-        }
-    }
-    let files: BTreeSet<&Path> = plan.files.iter().map(|(_, p)| p.as_path()).collect();
-    let needed_as_dirs =
-        plan.files.iter().flat_map(|(_, p)| p.ancestors().skip(1)).chain(plan.dirs.iter().flat_map(|d| d.ancestors()));
-    for dir in needed_as_dirs {
-        if files.contains(dir) {
-            let (entry, _) = plan.files.iter().find(|(_, p)| p == dir).expect("a planned file");
-            return Err(bad(&entry.key, "another key needs it to be a directory"));
-        }
-    }
-    Ok(plan)
+/// Maps listed keys to paths relative to the destination, page by page, remembering what
+/// earlier pages made files and directories.
+#[derive(Debug, Default)]
+struct Planner {
+    files: BTreeSet<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
 }
 
+impl Planner {
+    /// The plan for one page of `objects` listed under `prefix` in `bucket`. A key's part
+    /// after the prefix must be a relative path of non-empty components other than `.` and
+    /// `..`, and no key may be a file where another needs a directory. The whole page is
+    /// checked before any of it is fetched (a conflict with an earlier page's file is found
+    /// when the later key is listed).
+    fn page(&mut self, bucket: &str, prefix: &str, objects: Vec<ListEntry>) -> Result<Plan, GetManyError> {
+        let bad = |key: &str, reason| GetManyError::BadKey { bucket: bucket.into(), key: key.into(), reason };
+        let mut plan = Plan::default();
+        for o in objects {
+            let Some(rel) = o.key.strip_prefix(prefix) else { continue };
+            let (rel, is_dir) = match rel.strip_suffix('/') {
+                Some(dir) => (dir, true),
+                None => (rel, false),
+            };
+            if rel.is_empty() {
+                // The prefix's own directory marker.
+                continue;
+            }
+            let mut path = PathBuf::new();
+            for part in rel.split('/') {
+                match part {
+                    "" => return Err(bad(&o.key, "it has an empty path component ('//')")),
+                    "." | ".." => return Err(bad(&o.key, "it has a '.' or '..' path component")),
+                    p => path.push(p),
+                }
+            }
+            let needs_dirs: Vec<PathBuf> = path
+                .ancestors()
+                .skip(usize::from(!is_dir))
+                .filter(|a| !a.as_os_str().is_empty())
+                .map(Path::to_owned)
+                .collect();
+            if let Some(file) = needs_dirs.iter().find(|d| self.files.contains(*d)) {
+                let key = format!("{prefix}{}", file.to_string_lossy());
+                return Err(bad(&key, "another key needs it to be a directory"));
+            }
+            if !is_dir && self.dirs.contains(&path) {
+                return Err(bad(&o.key, "another key needs it to be a directory"));
+            }
+            self.dirs.extend(needs_dirs);
+            if is_dir {
+                plan.dirs.push(path);
+            } else {
+                self.files.insert(path.clone());
+                plan.files.push((o, path));
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Pages of the listing read ahead of the downloads at most.
+const PAGES_AHEAD: usize = 4;
+
 /// Downloads every object under `src` (a prefix: empty or ending in `/`) into the directory
-/// `args.destination`.
+/// `args.destination`. The listing goes on beside the downloads: each page's objects start
+/// as soon as the page is in (a prefix of a million keys is a thousand pages).
 pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::Result<()> {
     if args.range.is_some() {
         return Err(GetManyError::Usage(format!("--range applies to one object; {src} is a prefix")).into());
@@ -107,39 +129,74 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     let client = &session.client;
     let started = Instant::now();
     // A prefix is most often many objects: a window's worth of connections is dialled
-    // while it is listed (on a long path, each GET would otherwise wait for a handshake).
+    // while its first page is listed (on a long path, each GET would otherwise wait for a
+    // handshake).
     client.expect_requests(OBJECTS_AT_ONCE);
-    let listing = client.list(&src.bucket, &src.key, None).await?;
-    let plan = plan(&src.bucket, &src.key, listing.objects)?;
-    if plan.files.is_empty() && plan.dirs.is_empty() {
-        return Err(GetManyError::Empty(src.to_string()).into());
-    }
-    let parents = plan.files.iter().filter_map(|(_, p)| dest.join(p).parent().map(Path::to_owned));
-    let dirs: BTreeSet<PathBuf> = plan.dirs.iter().map(|d| dest.join(d)).chain(parents).collect();
-    for dir in std::iter::once(&dest).chain(&dirs) {
-        std::fs::create_dir_all(dir).map_err(|e| LocalFileError::write(dir, e))?;
-    }
-    let total: u64 = plan.files.iter().map(|(e, _)| e.size).sum();
-    let count = plan.files.len() as u64;
-    let progress = Progress::start(client, Direction::Down, "get", Some(total), g.quiet);
+    let (pages_tx, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let lister = tokio::spawn({
+        let (client, bucket, prefix) = (client.clone(), src.bucket.clone(), src.key.clone());
+        async move {
+            let mut token: Option<String> = None;
+            loop {
+                let page = client.list_page(&bucket, &prefix, None, token.as_deref()).await;
+                let next = page.as_ref().ok().and_then(|(_, next)| next.clone());
+                if pages_tx.send(page.map(|(listing, _)| listing.objects)).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(t) => token = Some(t),
+                    None => return,
+                }
+            }
+        }
+    });
+    let progress = Progress::start(client, Direction::Down, "get", None, g.quiet);
     let bucket = src.bucket.as_str();
-    let downloads = futures::stream::iter(&plan.files)
-        .map(|(entry, rel)| {
-            let path = dest.join(rel);
-            async move { client.get_listed_to_file(bucket, entry, &path).await }
+    let (prefix, dest_ref) = (src.key.as_str(), &dest);
+    // Directory markers found (with no file, they are what the prefix holds).
+    let markers = std::sync::atomic::AtomicU64::new(0);
+    let markers_ref = &markers;
+    // Each page becomes its files (or the error that stops the run), in listing order.
+    let files = futures::stream::unfold((pages, Planner::default()), move |(mut pages, mut planner)| async move {
+        let page = pages.recv().await?;
+        let planned = page.map_err(anyhow::Error::from).and_then(|objects| {
+            let plan = planner.page(bucket, prefix, objects)?;
+            markers_ref.fetch_add(plan.dirs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for dir in plan.dirs.iter().map(|d| dest_ref.join(d)) {
+                std::fs::create_dir_all(&dir).map_err(|e| LocalFileError::write(&dir, e))?;
+            }
+            Ok(plan.files)
+        });
+        let items: Vec<anyhow::Result<(ListEntry, PathBuf)>> = match planned {
+            Ok(files) => files.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        Some((futures::stream::iter(items), (pages, planner)))
+    })
+    .flatten();
+    let downloads = files
+        .map(|item| async move {
+            let (entry, rel) = item?;
+            let path = dest_ref.join(&rel);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| LocalFileError::write(dir, e))?;
+            }
+            anyhow::Ok(client.get_listed_to_file(bucket, &entry, &path).await?)
         })
         .buffer_unordered(OBJECTS_AT_ONCE);
     let outcome = async {
         let mut downloads = std::pin::pin!(downloads);
-        let (mut verified, mut algorithms) = (0u64, BTreeSet::new());
+        let (mut count, mut bytes, mut verified, mut algorithms) = (0u64, 0u64, 0u64, BTreeSet::new());
         while let Some(done) = downloads.next().await {
             let done = done?;
+            count += 1;
+            bytes += done.bytes;
             if let Some(alg) = done.verified_with {
                 verified += 1;
                 algorithms.insert(alg);
             }
         }
-        anyhow::Ok((verified, algorithms))
+        anyhow::Ok((count, bytes, verified, algorithms))
     };
     let result = tokio::select! {
         r = outcome => r,
@@ -147,9 +204,14 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
             Err(anyhow::anyhow!("interrupted; the files downloaded so far are complete, and no partial file was kept"))
         }
     };
+    lister.abort();
     progress.finish();
-    let (verified, algorithms) = result.with_context(|| format!("downloading {src} to {}", dest.display()))?;
-    let mut summary = Summary::new("get", src.to_string(), dest.display().to_string(), total, started, client);
+    let (count, bytes, verified, algorithms) =
+        result.with_context(|| format!("downloading {src} to {}", dest.display()))?;
+    if count == 0 && markers.into_inner() == 0 {
+        return Err(GetManyError::Empty(src.to_string()).into());
+    }
+    let mut summary = Summary::new("get", src.to_string(), dest.display().to_string(), bytes, started, client);
     summary.objects = Some(count);
     summary.verified_objects = Some(verified);
     if algorithms.len() == 1 && verified == count {
@@ -169,6 +231,10 @@ mod tests {
 
     fn keys(list: &[&str]) -> Vec<ListEntry> {
         list.iter().map(|k| entry(k)).collect()
+    }
+
+    fn plan(bucket: &str, prefix: &str, objects: Vec<ListEntry>) -> Result<Plan, GetManyError> {
+        Planner::default().page(bucket, prefix, objects)
     }
 
     #[test]
@@ -194,5 +260,13 @@ mod tests {
         }
         let err = plan("b", "p/", keys(&["p/a", "p/a/"])).unwrap_err().to_string();
         assert!(err.contains("needs it to be a directory"), "{err}");
+        // Across pages too: the planner remembers what earlier pages made files.
+        let mut planner = Planner::default();
+        planner.page("b", "p/", keys(&["p/x/y", "p/a"])).unwrap();
+        let err = planner.page("b", "p/", keys(&["p/a/b"])).unwrap_err().to_string();
+        assert!(err.contains("s3://b/p/a under") && err.contains("needs it to be a directory"), "{err}");
+        assert!(planner.page("b", "p/", keys(&["p/x/z"])).is_ok(), "a directory is shared by its files");
+        let err = planner.page("b", "p/", keys(&["p/x"])).unwrap_err().to_string();
+        assert!(err.contains("s3://b/p/x under"), "{err}");
     }
 }

@@ -300,6 +300,27 @@ async fn a_prefix_downloads_into_a_directory_with_one_get_per_small_object() {
     assert!(line.starts_with("downloaded 3 objects under s3://bucket/data/ to "), "{line}");
     assert!(line.contains("verified (CRC64NVME)"), "{line}");
 
+    // More than a page of keys (1,000): every page's objects arrive.
+    let client = &client;
+    futures::future::join_all((0..1200).map(|i| async move {
+        let body = format!("object {i}");
+        client
+            .put_object("bucket", &format!("many/{i:04}"), body.as_bytes(), s3opt::PutOptions::default())
+            .await
+            .unwrap();
+    }))
+    .await;
+    let many = env.dir.path().join("many");
+    let o = run_against(&env, &["--json", "get", "s3://bucket/many/", many.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (j["objects"].as_u64(), j["metrics"]["requests_by_op"]["ListObjectsV2"].as_u64()),
+        (Some(1200), Some(2))
+    );
+    assert_eq!(std::fs::read_to_string(many.join("1199")).unwrap(), "object 1199");
+    assert_eq!(std::fs::read_dir(&many).unwrap().count(), 1200);
+
     // Without its trailing '/', a prefix is an object that does not exist: the error says so.
     let o = run_against(&env, &["get", "s3://bucket/data", out.to_str().unwrap()]).await;
     assert_fails(&o, 3, "s3://bucket/data is a prefix, not an object (end the source with /");

@@ -523,42 +523,57 @@ impl OptimizedS3Client {
     /// Lists every object under `prefix` (all pages). With a delimiter (usually `/`), keys
     /// below the next delimiter are folded into `common_prefixes`.
     pub async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>) -> Result<Listing> {
-        let e = &self.engine;
         let mut listing = Listing::default();
         let mut token: Option<String> = None;
         loop {
-            let token_ref = &token;
-            let page = e
-                .run(Op::List, 0, move || async move {
-                    e.s3.list_objects_v2()
-                        .bucket(bucket)
-                        .prefix(prefix)
-                        .set_delimiter(delimiter.map(str::to_owned))
-                        .set_continuation_token(token_ref.clone())
-                        .send()
-                        .await
-                        .map_err(|err| e.sdk_failure(err))
-                })
-                .await
-                .map_err(|err| err.with_object(bucket, prefix))?;
+            let (page, next) = self.list_page(bucket, prefix, delimiter, token.as_deref()).await?;
             listing.pages += 1;
-            for obj in page.contents() {
-                listing.objects.push(ListEntry {
-                    key: obj.key().unwrap_or_default().to_owned(),
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    last_modified: obj.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
-                    e_tag: obj.e_tag().map(str::to_owned),
-                });
-            }
-            for p in page.common_prefixes() {
-                listing.common_prefixes.extend(p.prefix().map(str::to_owned));
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => break,
+            listing.objects.extend(page.objects);
+            listing.common_prefixes.extend(page.common_prefixes);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(listing),
             }
         }
-        Ok(listing)
+    }
+
+    /// One page of [`OptimizedS3Client::list`] (up to 1,000 keys), from the continuation
+    /// `token` of the page before (`None`: the first), with the token of the next page
+    /// (`None`: this was the last). For a caller that works on each page as it comes.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(Listing, Option<String>)> {
+        let e = &self.engine;
+        let page = e
+            .run(Op::List, 0, move || async move {
+                e.s3.list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_delimiter(delimiter.map(str::to_owned))
+                    .set_continuation_token(token.map(str::to_owned))
+                    .send()
+                    .await
+                    .map_err(|err| e.sdk_failure(err))
+            })
+            .await
+            .map_err(|err| err.with_object(bucket, prefix))?;
+        let objects = page
+            .contents()
+            .iter()
+            .map(|obj| ListEntry {
+                key: obj.key().unwrap_or_default().to_owned(),
+                size: obj.size().unwrap_or(0).max(0) as u64,
+                last_modified: obj.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+                e_tag: obj.e_tag().map(str::to_owned),
+            })
+            .collect();
+        let common_prefixes = page.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)).collect();
+        let next = page.next_continuation_token().filter(|_| page.is_truncated() == Some(true)).map(str::to_owned);
+        Ok((Listing { objects, common_prefixes, pages: 1 }, next))
     }
 
     /// Deletes an object (no error if it was already gone, as in S3).
