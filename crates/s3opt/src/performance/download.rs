@@ -13,8 +13,9 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::{Engine, Failure, ObjectInfo, Steering, read_body};
+use crate::client::{Engine, Failure, Steering, read_body};
 use crate::error::{Error, Result};
+use crate::integrity::StoredChecksum;
 use crate::network::Op;
 use crate::performance::buffer::PooledBuf;
 
@@ -210,7 +211,7 @@ where
         writer.write_all(buf.as_slice()).await.map_err(writing_failed)?;
     }
     writer.flush().await.map_err(writing_failed)?;
-    verify(bucket, key, &info, hasher.map(|h| h.finish_b64()))?;
+    verify(bucket, key, info.checksum.as_ref(), hasher.map(|h| h.finish_b64()))?;
     Ok(GetResult {
         bytes: written,
         ranges: count,
@@ -220,8 +221,8 @@ where
 }
 
 /// Checks what was downloaded against the full-object checksum S3 stored (if any).
-pub(super) fn verify(bucket: &str, key: &str, info: &ObjectInfo, actual: Option<String>) -> Result<()> {
-    if let (Some(actual), Some(expected)) = (actual, &info.checksum)
+pub(super) fn verify(bucket: &str, key: &str, stored: Option<&StoredChecksum>, actual: Option<String>) -> Result<()> {
+    if let (Some(actual), Some(expected)) = (actual, stored)
         && actual != expected.value
     {
         return Err(Error::Integrity {

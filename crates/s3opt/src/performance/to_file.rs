@@ -26,7 +26,7 @@ use futures::stream::FuturesUnordered;
 use aws_sdk_s3::types::ChecksumMode;
 use bytes::BytesMut;
 
-use crate::client::{Engine, Failure, ObjectInfo, Steering, check_length, next_chunk, read_body};
+use crate::client::{Engine, Failure, Steering, check_length, next_chunk, read_body};
 use crate::error::{Error, Result};
 use crate::integrity::{StoredChecksum, StreamHasher};
 use crate::network::{Op, Outcome};
@@ -407,7 +407,7 @@ pub(crate) async fn get_object_to_file(
         if next != info.size {
             return Err(Error::Config(format!("download ranges end at byte {next} of {}", info.size)));
         }
-        verify(bucket, key, &info, whole.map(|w| w.b64()))?;
+        verify(bucket, key, info.checksum.as_ref(), whole.map(|w| w.b64()))?;
         tmp.keep_as(path).await?;
         Ok(GetResult {
             bytes: info.size,
@@ -482,19 +482,12 @@ pub(crate) async fn get_whole_to_file(
         })
         .await
         .map_err(|e| e.with_downloaded_object(bucket, key))?;
-    let info = ObjectInfo {
-        size: data.len() as u64,
-        e_tag: None,
-        last_modified: None,
-        checksum,
-        metadata: Default::default(),
-    };
-    let actual = info.checksum.as_ref().map(|c| {
+    let actual = checksum.as_ref().map(|c| {
         let mut h = c.hasher();
         h.update(&data);
         h.finish_b64()
     });
-    verify(bucket, key, &info, actual)?;
+    verify(bucket, key, checksum.as_ref(), actual)?;
     let tmp = Partial::beside(path);
     tokio::fs::write(&tmp.0, &data).await.map_err(cannot_write(path))?;
     tmp.keep_as(path).await?;
@@ -502,7 +495,7 @@ pub(crate) async fn get_whole_to_file(
         bytes: data.len() as u64,
         ranges: 1,
         splits: 0,
-        verified_with: info.checksum.as_ref().map(|c| c.algorithm_name()),
+        verified_with: checksum.as_ref().map(|c| c.algorithm_name()),
     })
 }
 
