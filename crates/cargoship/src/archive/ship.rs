@@ -375,8 +375,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     let records: Vec<SuitcaseRecord> = records.into_iter().map(|r| r.expect("every suitcase finished")).collect();
 
     let mut inv = inventory_of(o, journal.settings.source.clone(), journal.skipped.clone(), created, records);
-    let stored = inv.to_stored();
-    stager.commit(client, (&o.bucket, &inv_key), stored, inventory_options(o, &inv)).await?;
+    stager.commit(client, (&o.bucket, &inv_key), || (inv.to_stored(), inventory_options(o, &inv))).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
     let shipped = journal.settings.source.clone();
     journal.remove()?;
