@@ -225,11 +225,10 @@ pub async fn get(g: &GlobalOpts, args: &GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether any object's key starts with `prefix` (one listing of one key; false if it
+/// Whether any object's key starts with `prefix` (one page of the listing; false if it
 /// cannot be listed).
 async fn has_objects_under(client: &OptimizedS3Client, bucket: &str, prefix: &str) -> bool {
-    let listed = client.sdk().list_objects_v2().bucket(bucket).prefix(prefix).max_keys(1).send().await;
-    listed.is_ok_and(|out| !out.contents().is_empty())
+    client.list_page(bucket, prefix, None, None).await.is_ok_and(|(page, _)| !page.objects.is_empty())
 }
 
 fn check_writable_parent(dest: &Path) -> anyhow::Result<()> {
