@@ -9,7 +9,8 @@ and the controller's window range, and verifies the download byte for byte.
 
 Usage: bench/controller.py [SCENARIO[:MiB] ...]   (default: wan lossy shifting)
 `lossy:1024` runs lossy with a 1024 MiB object instead of its large_object_mib.
-Writes bench/results/controller.md (default scenarios) or controller-NAME-....md.
+Writes bench/results/controller.md (default scenarios) or controller-NAME-....md, and per row
+controller-NAME-DIR.json (timeline, per-second counts, bottleneck) and .svg (its chart).
 """
 import json, os, signal, subprocess, sys, time, tomllib
 from pathlib import Path
@@ -85,7 +86,14 @@ def run_scenario(arg):
                 stalls=f"{stalls_of(stats)}" + (f" (try {len(unstalled) + 1}; runs without one: {', '.join(f'{x:.1f} s' for x in unstalled)})" if unstalled else ""),
                 wmin=min(windows), wmax=max(windows), wlast=windows[-1], part=summary["metrics"]["part_size"] >> 20,
                 verified=verified))
-            (ROOT / f"bench/results/controller-{name}{'-' + mib if mib else ''}-{direction}.json").write_text(json.dumps(summary["timeline"]))
+            # The run's timeline, the emulator's per-second counts and the bottleneck over
+            # time, for bench/helpers/controller_chart.py.
+            base = ROOT / f"bench/results/controller-{name}{'-' + mib if mib else ''}-{direction}"
+            base.with_suffix(".json").write_text(json.dumps(dict(
+                scenario=name, direction=direction, mib=size >> 20, seconds=summary["seconds"],
+                bottleneck=bottleneck_steps(scen, direction), timeline=summary["timeline"],
+                per_second=stats["per_second"])))
+            chart(base)
     finally:
         for p in (emulator, server):
             p.send_signal(signal.SIGTERM)
@@ -94,6 +102,22 @@ def run_scenario(arg):
 
 
 STALL_TRIES = 5
+
+
+def bottleneck_steps(scen, direction):
+    """The scenario's bottleneck over time: [(from second, MB/s), ...]."""
+    field = f"bottleneck_{direction}_mbps"
+    steps = [(0.0, scen["link"].get(field, 0))]
+    steps += [(s["at_secs"], s[field]) for s in scen.get("schedule", []) if field in s]
+    return steps
+
+
+def chart(base):
+    """Draws base.svg from base.json with the bench's matplotlib, if it is installed."""
+    python = ROOT / "bench/.venv/bin/python"
+    if python.exists():
+        subprocess.run([python, ROOT / "bench/helpers/controller_chart.py", base.with_suffix(".json"),
+                        base.with_suffix(".svg")], check=False)
 
 
 def stalls_of(stats):

@@ -31,12 +31,15 @@ pub async fn survey(g: &GlobalOpts, a: &SurveyArgs) -> anyhow::Result<()> {
         Some(p) => Prices::from_file(p)?,
         None => Prices::embedded(),
     };
-    let (dir, cap, part) = (a.dir.clone(), a.suitcase_size, g.part_size);
-    let s = tokio::task::spawn_blocking(move || survey_dir(&dir, cap, part, &prices)).await??;
+    let (dir, cap, part, exclude) = (a.dir.clone(), a.suitcase_size, g.part_size, a.filter.compile()?);
+    let s = tokio::task::spawn_blocking(move || survey_dir(&dir, cap, part, &exclude, &prices)).await??;
     if g.json {
         return print_json(&s);
     }
     println!("{}: {} files, {} directories, {} symlinks, {}", s.root, s.files, s.dirs, s.symlinks, human(s.bytes));
+    if !a.filter.exclude.is_empty() {
+        println!("left out by --exclude: {} entries (a directory counts once)", s.excluded);
+    }
     println!("\nsize histogram:");
     for b in s.histogram.iter().filter(|b| b.files > 0) {
         println!("  {:>14}  {:>10} files  {:>12}", b.label, b.files, human(b.bytes));
@@ -102,6 +105,7 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
         parallel: a.parallel_suitcases as usize,
         prefixes: a.prefixes as usize,
         strategy: a.strategy.parse().map_err(ArchiveError::Usage)?,
+        exclude: a.filter.compile()?,
     };
     let session = setup::connect(g).await?;
     session.ensure_embedded_bucket(&dest.bucket)?;
@@ -164,8 +168,9 @@ pub async fn ship(g: &GlobalOpts, a: &ShipArgs) -> anyhow::Result<()> {
         eprintln!("skipped {}: {}", k.path, k.reason);
     }
     let ratio = if r.stored_bytes > 0 { r.bytes as f64 / r.stored_bytes as f64 } else { 0.0 };
+    let excluded = if a.filter.exclude.is_empty() { String::new() } else { format!(", {} excluded", r.excluded) };
     println!(
-        "shipped {} files ({}) to {} in {:.2} s ({:.1} MB/s): {} suitcase(s), {} stored ({ratio:.2}x), {} skipped",
+        "shipped {} files ({}) to {} in {:.2} s ({:.1} MB/s): {} suitcase(s), {} stored ({ratio:.2}x), {} skipped{excluded}",
         r.files,
         human(r.bytes),
         r.archive,

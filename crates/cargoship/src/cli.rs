@@ -22,6 +22,7 @@ Exit codes:
 Examples:
   cargoship survey ./dataset
   cargoship ship ./dataset s3://my-bucket/archives/dataset-2026
+  cargoship ship ./project s3://my-bucket/archives/project --exclude .git --exclude '*.tmp'
   cargoship restore s3://my-bucket/archives/dataset-2026 ./restored
   cargoship restore s3://my-bucket/archives/dataset-2026 ./one 'runs/42/*.csv'
   cargoship verify s3://my-bucket/archives/dataset-2026 --against ./dataset --deep
@@ -176,6 +177,8 @@ pub struct LsArgs {
 pub struct SurveyArgs {
     /// Directory to survey.
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub filter: ExcludeArgs,
     /// Suitcase size cap, as for ship.
     #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub suitcase_size: u64,
@@ -199,6 +202,8 @@ pub struct ShipArgs {
     pub source: PathBuf,
     /// Archive location s3://bucket/prefix (must not hold an archive yet).
     pub destination: String,
+    #[command(flatten)]
+    pub filter: ExcludeArgs,
     /// Compression of the suitcases.
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: cargoship::archive::codec::Codec,
@@ -337,5 +342,24 @@ mod tests {
         assert_eq!(parse_range("10:0").unwrap(), (10, 0));
         assert!(parse_range("10").is_err());
         assert!(parse_range("a:1").is_err());
+    }
+}
+
+/// `--exclude`, shared by ship, survey and put of a directory.
+#[derive(Debug, Args)]
+pub struct ExcludeArgs {
+    /// Leave out what matches PATTERN (repeatable). Without a `/`, a glob on the name at any
+    /// depth (`*.tmp`, `.git`); with one, a glob on the path under the directory
+    /// (`logs/2026-*`, `/build`); a trailing `/` matches directories only (`cache/`). `*`
+    /// stays within a name, `**` crosses directories; an excluded directory goes with
+    /// everything under it.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+}
+
+impl ExcludeArgs {
+    /// The compiled patterns; a bad one is a usage error naming it.
+    pub fn compile(&self) -> Result<cargoship::archive::walk::Exclude, cargoship::archive::ArchiveError> {
+        cargoship::archive::walk::Exclude::new(&self.exclude)
     }
 }

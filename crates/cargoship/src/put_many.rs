@@ -13,6 +13,8 @@ use s3opt::coordination::{
 };
 use serde::Serialize;
 
+use cargoship::archive::walk::Exclude;
+
 use crate::cli::{GlobalOpts, PutArgs};
 use crate::exit::LocalFileError;
 use crate::progress::{Direction, Progress, human};
@@ -57,6 +59,8 @@ pub struct ManyArgs {
     /// measured throughput and latency become the baseline of the coordination metrics).
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: crate::cli::ExcludeArgs,
 }
 
 fn parse_distribution(s: &str) -> Result<Distribution, String> {
@@ -83,8 +87,9 @@ struct ManySummary<'a> {
     upload: &'a UploadSummary,
 }
 
-/// Files under `dir`, with their keys relative to it (`/`-separated), sorted by name.
-fn walk(dir: &Path) -> anyhow::Result<Vec<UploadItem>> {
+/// Files under `dir` that `exclude` leaves in, with their keys relative to it
+/// (`/`-separated), sorted by name.
+fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<Vec<UploadItem>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -92,12 +97,15 @@ fn walk(dir: &Path) -> anyhow::Result<Vec<UploadItem>> {
             let entry = entry.map_err(|e| LocalFileError::read(&d, e))?;
             let path = entry.path();
             let ft = entry.file_type().map_err(|e| LocalFileError::read(&path, e))?;
+            let rel = path.strip_prefix(dir).expect("under dir");
+            let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            if exclude.matches(&name, ft.is_dir()) {
+                continue;
+            }
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file() {
                 let size = entry.metadata().map_err(|e| LocalFileError::read(&path, e))?.len();
-                let rel = path.strip_prefix(dir).expect("under dir");
-                let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
                 out.push(UploadItem { path, name, size, priority: 0 });
             }
         }
@@ -133,9 +141,11 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             Some(b)
         }
     };
-    let items = walk(&dir)?;
+    let items = walk(&dir, &m.filter.compile()?)?;
     if items.is_empty() {
-        bail!(LocalFileError::read(&dir, std::io::Error::other("contains no files")));
+        let why =
+            if m.filter.exclude.is_empty() { "contains no files" } else { "contains no files --exclude leaves in" };
+        bail!(LocalFileError::read(&dir, std::io::Error::other(why)));
     }
     let total: u64 = items.iter().map(|i| i.size).sum();
     let session = setup::connect(g).await?;

@@ -10,7 +10,7 @@ use cargoship::archive::extract::ExtractProgress;
 use cargoship::archive::inventory::{INVENTORY_NAME, Inventory};
 use cargoship::archive::restore::{RestoreOptions, restore};
 use cargoship::archive::ship::{ShipOptions, ShipProgress, ship};
-use cargoship::archive::walk::walk;
+use cargoship::archive::walk::{Exclude, walk};
 use cargoship::archive::{ArchiveError, ArchiveReader};
 use s3opt::{ClientConfig, OptimizedS3Client, PutOptions};
 use testbed::{EmbeddedServer, Emulator, Scenario, ServerConfig};
@@ -60,6 +60,7 @@ fn options(env: &Env, source: &Path, prefix: &str) -> ShipOptions {
         parallel: 2,
         prefixes: 0,
         strategy: s3opt::coordination::Strategy::Adaptive,
+        exclude: Exclude::default(),
     }
 }
 
@@ -112,7 +113,7 @@ fn make_tree(root: &Path) {
 /// Asserts two trees are the same: names, kinds, sizes, modes, mtimes, link targets and
 /// file contents.
 fn assert_same_tree(a: &Path, b: &Path) {
-    let (wa, wb) = (walk(a).unwrap(), walk(b).unwrap());
+    let (wa, wb) = (walk(a, &Exclude::default()).unwrap(), walk(b, &Exclude::default()).unwrap());
     assert_eq!(wa.items.len(), wb.items.len(), "entry counts");
     for (x, y) in wa.items.iter().zip(&wb.items) {
         assert_eq!(x, y, "metadata of {}", x.path);
@@ -508,9 +509,10 @@ async fn an_interrupted_ship_does_not_resume_over_an_archive_written_since() {
         level: o.level,
         suitcase_size: o.suitcase_size,
         frame_size: o.frame_size,
+        exclude: vec![],
     };
     let dir = dir_for(&o.state_dir, &source, &settings.destination);
-    Journal::create(&dir, settings, vec![walk(&mine).unwrap().items], vec![]).unwrap();
+    Journal::create(&dir, settings, vec![walk(&mine, &Exclude::default()).unwrap().items], vec![], 0).unwrap();
     // ...and meanwhile another tree was shipped there.
     let theirs = small_tree(&env, "theirs", 50, 8);
     ship(&env.client, &options(&env, &theirs, "place"), Arc::new(ShipProgress::default())).await.unwrap();

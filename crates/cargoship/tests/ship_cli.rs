@@ -81,7 +81,9 @@ fn stderr(o: &Output) -> String {
 }
 
 fn trees_equal(a: &Path, b: &Path) {
-    let (wa, wb) = (cargoship::archive::walk::walk(a).unwrap(), cargoship::archive::walk::walk(b).unwrap());
+    let none = cargoship::archive::walk::Exclude::default();
+    let (wa, wb) =
+        (cargoship::archive::walk::walk(a, &none).unwrap(), cargoship::archive::walk::walk(b, &none).unwrap());
     assert_eq!(wa.items, wb.items);
     for i in wa.items.iter().filter(|i| i.kind == cargoship::archive::inventory::Kind::File) {
         assert!(std::fs::read(a.join(&i.path)).unwrap() == std::fs::read(b.join(&i.path)).unwrap(), "{}", i.path);
@@ -281,4 +283,63 @@ async fn unreadable_files_are_skipped_and_listed_or_stop_a_strict_ship_cleanly()
     let o = env.run(&["ship", env.dir.path().join("missing").to_str().unwrap(), "s3://bucket/x"]).await;
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_entries_stay_out_of_ship_survey_verify_restore_and_put() {
+    let (env, _) = Env::start(None).await;
+    let src = env.dir.path().join("src");
+    for d in ["src/.git/objects", "data/cache", "logs"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for f in
+        ["src/main.rs", "src/main.rs.tmp", "src/.git/objects/ab", "data/cache/x.bin", "data/keep.bin", "logs/a.log"]
+    {
+        std::fs::write(src.join(f), f.as_bytes()).unwrap();
+    }
+    let src_s = src.to_str().unwrap();
+    let excludes = ["--exclude", ".git", "--exclude", "*.tmp", "--exclude", "data/cache/"];
+
+    let o = env.run(&[&["survey", src_s][..], &excludes].concat()).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(": 3 files, 3 directories"), "{out}");
+    assert!(out.contains("left out by --exclude: 3 entries"), "{out}");
+
+    let o = env.run(&[&["ship", src_s, "s3://bucket/ex"][..], &excludes].concat()).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("shipped 3 files") && out.contains("0 skipped, 3 excluded"), "{out}");
+    // The archive records its patterns, so verify compares with the tree walked the same way.
+    let o = env.run(&["verify", "s3://bucket/ex", "--against", src_s, "--deep"]).await;
+    assert!(o.status.success(), "{}{}", stderr(&o), String::from_utf8_lossy(&o.stdout));
+    let dest = env.dir.path().join("back");
+    let o = env.run(&["restore", "s3://bucket/ex", dest.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        dest.join("src/main.rs").is_file() && dest.join("data/keep.bin").is_file() && dest.join("logs/a.log").is_file()
+    );
+    for gone in ["src/.git", "src/main.rs.tmp", "data/cache"] {
+        assert!(!dest.join(gone).exists(), "{gone} was excluded");
+    }
+    // A resumed or repeated ship must use the same patterns.
+    let o = env.run(&["ship", src_s, "s3://bucket/ex"]).await;
+    assert!(!o.status.success(), "without the patterns the tree differs from the archive's");
+
+    let o = env
+        .run(&[&["put", src_s, "s3://bucket/objs", "--prefixes", "1", "--prefix-root", ""][..], &excludes].concat())
+        .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let client = env.client().await;
+    let mut keys: Vec<String> =
+        client.list("bucket", "objs/", None).await.unwrap().objects.into_iter().map(|e| e.key).collect();
+    keys.sort();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.iter().all(|k| !k.contains(".git") && !k.ends_with(".tmp") && !k.contains("cache")), "{keys:?}");
+
+    for bad in ["a[b", "/"] {
+        let o = env.run(&["ship", src_s, "s3://bucket/bad", "--exclude", bad]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("bad --exclude pattern '{bad}'")), "{}", stderr(&o));
+    }
 }

@@ -159,8 +159,10 @@ mod tests {
             level: 3,
             suitcase_size: 1,
             frame_size: 1,
+            exclude: vec![],
         };
-        let journal = Arc::new(Journal::create(&dir.path().join("j"), settings, vec![vec![], vec![]], vec![]).unwrap());
+        let journal =
+            Arc::new(Journal::create(&dir.path().join("j"), settings, vec![vec![], vec![]], vec![], 0).unwrap());
         let read = |key: &'static str| {
             let client = client.clone();
             async move {

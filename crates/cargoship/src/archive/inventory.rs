@@ -58,8 +58,18 @@ pub struct Inventory {
     pub entries: Vec<Entry>,
     /// What was left out, and why.
     pub skipped: Vec<Skipped>,
+    /// The `--exclude` patterns the tree was walked with (none: absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Entries those patterns left out (a directory counts once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub excluded: u64,
     /// Sums over the entries and suitcases.
     pub totals: Totals,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One suitcase: a tar stream compressed in independent frames.
@@ -325,6 +335,8 @@ mod tests {
             suitcases,
             entries,
             skipped: vec![],
+            exclude: vec![],
+            excluded: 0,
         }
     }
 

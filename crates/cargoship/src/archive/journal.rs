@@ -25,6 +25,9 @@ pub struct Settings {
     pub level: i32,
     pub suitcase_size: u64,
     pub frame_size: u64,
+    /// `--exclude` patterns (absent in journals from before they existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -37,6 +40,9 @@ struct PlanFile {
     run: String,
     plan: Vec<Vec<Item>>,
     skipped: Vec<Skipped>,
+    /// Entries the exclude patterns left out of the walk.
+    #[serde(default)]
+    excluded: u64,
 }
 
 /// A finished suitcase: what goes into the inventory for it.
@@ -98,6 +104,8 @@ pub struct Journal {
     pub plan: Vec<Vec<Item>>,
     /// Skipped by the walk.
     pub skipped: Vec<Skipped>,
+    /// Left out of the walk by the exclude patterns (a directory counts once).
+    pub excluded: u64,
     /// Per suitcase, as replayed when the journal was opened.
     pub state: Vec<SuitcaseState>,
     /// Inventory uploads started by earlier runs (held, never continued: a run that did not
@@ -158,12 +166,18 @@ impl Journal {
     }
 
     /// Starts a journal for a new run.
-    pub fn create(dir: &Path, settings: Settings, plan: Vec<Vec<Item>>, skipped: Vec<Skipped>) -> Result<Self> {
+    pub fn create(
+        dir: &Path,
+        settings: Settings,
+        plan: Vec<Vec<Item>>,
+        skipped: Vec<Skipped>,
+        excluded: u64,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Self::err(dir, e))?;
         let now = std::time::SystemTime::now();
         let created = humantime::format_rfc3339_seconds(now).to_string();
         let run = new_run_id(dir, now);
-        let file = PlanFile { settings, created, run, plan, skipped };
+        let file = PlanFile { settings, created, run, plan, skipped, excluded };
         let tmp = dir.join("plan.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&file).expect("plan serializes")).map_err(|e| Self::err(dir, e))?;
         let _ = std::fs::remove_file(dir.join("events.jsonl"));
@@ -230,6 +244,7 @@ impl Journal {
             run: file.run,
             plan: file.plan,
             skipped: file.skipped,
+            excluded: file.excluded,
             state,
             inventory_uploads,
         }))
@@ -338,8 +353,9 @@ mod tests {
             level: 3,
             suitcase_size: 100,
             frame_size: 10,
+            exclude: vec!["*.tmp".into()],
         };
-        let j = Arc::new(Journal::create(dir.path(), settings.clone(), vec![vec![], vec![]], vec![]).unwrap());
+        let j = Arc::new(Journal::create(dir.path(), settings.clone(), vec![vec![], vec![]], vec![], 3).unwrap());
         let up = j.for_suitcase(1, "s1", None);
         up.upload_started("u-1");
         let part = JournaledPart { number: 2, offset: 5, size: 5, crc64nvme: 9, e_tag: "e".into() };
@@ -356,6 +372,7 @@ mod tests {
             .unwrap();
         let again = Journal::open(dir.path()).unwrap().unwrap();
         assert_eq!(again.settings, settings);
+        assert_eq!(again.excluded, 3);
         assert_eq!((again.run.len(), &again.run), (12, &j.run), "the run id is kept");
         assert_eq!(again.state[1].upload_id.as_deref(), Some("u-1"));
         assert_eq!(again.state[1].key.as_deref(), Some("s1"));
@@ -371,7 +388,7 @@ mod tests {
         assert!(Journal::open(dir.path()).unwrap().is_none());
 
         // Another run at the same place gets another id; a journal from before run ids has none.
-        let other = Journal::create(dir.path(), settings.clone(), vec![vec![]], vec![]).unwrap();
+        let other = Journal::create(dir.path(), settings.clone(), vec![vec![]], vec![], 0).unwrap();
         assert_ne!(other.run, j.run);
         let plan = dir.path().join("plan.json");
         let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();

@@ -254,7 +254,7 @@ mod tests {
         std::os::unix::fs::symlink("small.txt", root.join("d/link")).unwrap();
         let long = format!("d/{}", "n".repeat(150));
         std::fs::write(root.join(&long), b"a name longer than tar's 100 bytes").unwrap();
-        let items = walk(root).unwrap().items;
+        let items = walk(root, &Default::default()).unwrap().items;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
         let progress = PackProgress::default();
         let packed = pack(root, &items, 64 * 1024, false, &progress, tx).unwrap();
@@ -286,7 +286,7 @@ mod tests {
     fn a_file_that_vanishes_is_skipped_or_fails_when_strict() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("gone"), b"x").unwrap();
-        let items = walk(dir.path()).unwrap().items;
+        let items = walk(dir.path(), &Default::default()).unwrap().items;
         std::fs::remove_file(dir.path().join("gone")).unwrap();
         let progress = PackProgress::default();
         let (tx, _rx) = tokio::sync::mpsc::channel(10);

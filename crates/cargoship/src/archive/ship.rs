@@ -55,6 +55,8 @@ pub struct ShipOptions {
     pub prefixes: usize,
     /// The coordinator's scheduling strategy.
     pub strategy: s3opt::coordination::Strategy,
+    /// Entries left out of the walk.
+    pub exclude: walk::Exclude,
 }
 
 /// Memory one packing suitcase holds outside the client's buffer pool, in frames: the one
@@ -125,6 +127,8 @@ pub struct ShipReport {
     pub stored_bytes: u64,
     pub suitcases: usize,
     pub skipped: Vec<Skipped>,
+    /// Entries left out by `--exclude` (a directory counts once).
+    pub excluded: u64,
     /// Suitcases an interrupted run had finished.
     pub resumed_suitcases: usize,
     /// Parts of unfinished suitcases an interrupted run had sent (not sent again).
@@ -220,6 +224,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         level: o.level,
         suitcase_size: o.suitcase_size,
         frame_size: o.frame_size,
+        exclude: o.exclude.patterns().to_vec(),
     };
     // Whether the destination already holds an archive is asked at once. The answer is
     // awaited before anything is sent, except for a tree shipped from here for the first
@@ -233,12 +238,17 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
         Some(j) if o.resume => {
             if j.settings != settings {
                 return Err(ArchiveError::Usage(format!(
-                    "an interrupted ship of {} to {dest} used different settings ({:?} level {}, suitcases of {} bytes, frames of {}); rerun with those, or add --no-resume to start over",
+                    "an interrupted ship of {} to {dest} used different settings ({:?} level {}, suitcases of {} bytes, frames of {}, {}); rerun with those, or add --no-resume to start over",
                     settings.source,
                     j.settings.codec,
                     j.settings.level,
                     j.settings.suitcase_size,
-                    j.settings.frame_size
+                    j.settings.frame_size,
+                    if j.settings.exclude.is_empty() {
+                        "no --exclude".to_owned()
+                    } else {
+                        format!("--exclude {}", j.settings.exclude.join(" --exclude "))
+                    }
                 )));
             }
             if let Some(key) = settled(look.await)? {
@@ -251,8 +261,8 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
             if let Some(j) = other {
                 discard_journal(client, o, j).await?;
             }
-            let root = source.clone();
-            let walked = tokio::task::spawn_blocking(move || walk::walk(&root)).await.expect("walk task")?;
+            let (root, exclude) = (source.clone(), o.exclude.clone());
+            let walked = tokio::task::spawn_blocking(move || walk::walk(&root, &exclude)).await.expect("walk task")?;
             let cap = plan::effective_cap(&walked.items, o.suitcase_size, o.parallel);
             let plan = plan::plan(walked.items, cap);
             let shipped_before = journal::shipped_marker(&o.state_dir, &settings.source, &dest).exists();
@@ -265,7 +275,7 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
                 }
                 None
             };
-            (Journal::create(&dir, settings, plan, walked.skipped)?, racing)
+            (Journal::create(&dir, settings, plan, walked.skipped, walked.excluded)?, racing)
         }
     };
     let journal = Arc::new(journal);
@@ -305,10 +315,10 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     let inv_key = join_key(&o.prefix, INVENTORY_NAME);
     let (early, early_rx) = mpsc::unbounded_channel();
     let build: commit::Build = {
-        let (o, source, skipped, created) =
-            (o.clone(), journal.settings.source.clone(), journal.skipped.clone(), created.clone());
+        let (o, source, skipped, excluded, created) =
+            (o.clone(), journal.settings.source.clone(), journal.skipped.clone(), journal.excluded, created.clone());
         Box::new(move |records| {
-            let mut inv = inventory_of(&o, source, skipped, created, records);
+            let mut inv = inventory_of(&o, source, skipped, excluded, created, records);
             (inv.to_stored(), inventory_options(&o, &inv))
         })
     };
@@ -374,7 +384,8 @@ pub async fn ship(client: &OptimizedS3Client, o: &ShipOptions, progress: Arc<Shi
     }
     let records: Vec<SuitcaseRecord> = records.into_iter().map(|r| r.expect("every suitcase finished")).collect();
 
-    let mut inv = inventory_of(o, journal.settings.source.clone(), journal.skipped.clone(), created, records);
+    let mut inv =
+        inventory_of(o, journal.settings.source.clone(), journal.skipped.clone(), journal.excluded, created, records);
     stager.commit(client, (&o.bucket, &inv_key), || (inv.to_stored(), inventory_options(o, &inv))).await?;
     let journal = Arc::try_unwrap(journal).expect("no suitcase task holds the journal");
     let shipped = journal.settings.source.clone();
@@ -398,6 +409,7 @@ fn inventory_of(
     o: &ShipOptions,
     source: String,
     mut skipped: Vec<Skipped>,
+    excluded: u64,
     created: String,
     records: Vec<SuitcaseRecord>,
 ) -> Inventory {
@@ -422,6 +434,8 @@ fn inventory_of(
         suitcases,
         entries,
         skipped,
+        exclude: o.exclude.patterns().to_vec(),
+        excluded,
     }
 }
 
@@ -459,6 +473,7 @@ fn report_of(inv: &Inventory, archive: String, inventory_key: String, up_to_date
         stored_bytes: t.stored_bytes,
         suitcases: inv.suitcases.len(),
         skipped: inv.skipped.clone(),
+        excluded: inv.excluded,
         resumed_suitcases: r.suitcases,
         resumed_parts: r.parts,
         resumed_bytes: r.bytes,

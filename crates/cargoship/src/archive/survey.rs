@@ -79,6 +79,8 @@ pub struct Survey {
     pub histogram: Vec<Bucket>,
     pub largest: Vec<(String, u64)>,
     pub skipped: Vec<Skipped>,
+    /// Entries left out by `--exclude` (a directory counts once).
+    pub excluded: u64,
     pub suitcases: usize,
     /// PUT-class requests a `ship` would make (multipart: create + parts + complete).
     pub ship_requests: u64,
@@ -98,9 +100,16 @@ const LIMITS: [(u64, &str); 8] = [
     (u64::MAX, ">= 1 GiB"),
 ];
 
-/// Surveys `root` as `ship` with suitcases of `suitcase_size` and parts of `part_size` would.
-pub fn survey(root: &Path, suitcase_size: u64, part_size: u64, prices: &Prices) -> Result<Survey> {
-    let w = walk::walk(root)?;
+/// Surveys `root` as `ship` with suitcases of `suitcase_size`, parts of `part_size` and
+/// `exclude` would.
+pub fn survey(
+    root: &Path,
+    suitcase_size: u64,
+    part_size: u64,
+    exclude: &walk::Exclude,
+    prices: &Prices,
+) -> Result<Survey> {
+    let w = walk::walk(root, exclude)?;
     let mut histogram: Vec<Bucket> = LIMITS.iter().map(|(_, label)| Bucket { label, files: 0, bytes: 0 }).collect();
     let mut largest: Vec<(String, u64)> = Vec::new();
     let (mut files, mut dirs, mut symlinks, mut bytes) = (0, 0, 0, 0);
@@ -151,6 +160,7 @@ pub fn survey(root: &Path, suitcase_size: u64, part_size: u64, prices: &Prices) 
         histogram,
         largest,
         skipped: w.skipped,
+        excluded: w.excluded,
         suitcases: plan.len(),
         ship_requests,
         prices_as_of: format!("{} ({})", prices.as_of, prices.region),
@@ -170,7 +180,7 @@ mod tests {
         std::fs::write(dir.path().join("small"), vec![1u8; 100]).unwrap();
         std::fs::write(dir.path().join("mid"), vec![1u8; 100_000]).unwrap();
         let prices = Prices::embedded();
-        let s = survey(dir.path(), 1 << 30, 8 << 20, &prices).unwrap();
+        let s = survey(dir.path(), 1 << 30, 8 << 20, &walk::Exclude::default(), &prices).unwrap();
         assert_eq!((s.files, s.bytes), (3, 100_100));
         assert_eq!(s.histogram[0].files, 1);
         assert_eq!(s.histogram[1].files, 1);

@@ -66,13 +66,22 @@ pub async fn verify(
         }
     }
     if let Some(dir) = against {
-        compare_tree(inv.entries.as_slice(), dir, deep, &mut report)?;
+        let exclude = walk::Exclude::new(&inv.exclude)?;
+        compare_tree(inv.entries.as_slice(), dir, &exclude, deep, &mut report)?;
     }
     Ok(report)
 }
 
-fn compare_tree(entries: &[Entry], dir: &Path, deep: bool, report: &mut VerifyReport) -> Result<()> {
-    let local = walk::walk(dir)?;
+/// Compares the archive's entries with `dir` walked as the ship walked it (`exclude`: the
+/// patterns it was shipped with).
+fn compare_tree(
+    entries: &[Entry],
+    dir: &Path,
+    exclude: &walk::Exclude,
+    deep: bool,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let local = walk::walk(dir, exclude)?;
     let archived: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     for item in &local.items {
         if !archived.contains(item.path.as_str()) {

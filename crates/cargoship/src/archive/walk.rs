@@ -1,6 +1,7 @@
 //! Walking a source tree: every directory, regular file and symlink in a stable order
 //! (sorted by name), symlinks recorded as links and never followed, and everything else
-//! (sockets, devices, unreadable directories, non-UTF-8 names) listed as skipped.
+//! (sockets, devices, unreadable directories, non-UTF-8 names) listed as skipped; entries
+//! matching `--exclude` patterns ([`Exclude`]) are left out.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -30,10 +31,74 @@ pub struct Item {
 pub struct Walk {
     pub items: Vec<Item>,
     pub skipped: Vec<Skipped>,
+    /// Entries left out by the exclude patterns (a directory counts once, with all it holds).
+    pub excluded: u64,
 }
 
-/// Walks `root` (which must be a directory).
-pub fn walk(root: &Path) -> Result<Walk, ArchiveError> {
+/// `--exclude` patterns. A pattern without `/` matches an entry's name at any depth
+/// (`*.tmp`, `.git`, `__pycache__`); one with a `/` inside or at its start matches the
+/// path under the root (`logs/2026-*`, `data/**/*.bak`, `/build`). A trailing `/` matches
+/// directories only (`cache/`). `*` stays within a name, `**` crosses directories. An
+/// excluded directory is left out with everything under it.
+#[derive(Debug, Clone)]
+pub struct Exclude {
+    patterns: Vec<String>,
+    /// Matchers by (matches the path rather than the name, directories only).
+    sets: [(bool, bool, globset::GlobSet); 4],
+}
+
+impl Default for Exclude {
+    fn default() -> Self {
+        Self::new(&[]).expect("no patterns")
+    }
+}
+
+impl Exclude {
+    /// Compiles `patterns`; a bad or empty one is a usage error naming it.
+    pub fn new(patterns: &[String]) -> Result<Self, ArchiveError> {
+        let mut builders: [(bool, bool, globset::GlobSetBuilder); 4] = [
+            (false, false, globset::GlobSetBuilder::new()),
+            (false, true, globset::GlobSetBuilder::new()),
+            (true, false, globset::GlobSetBuilder::new()),
+            (true, true, globset::GlobSetBuilder::new()),
+        ];
+        let bad = |p: &str, why: String| ArchiveError::Usage(format!("bad --exclude pattern '{p}': {why}"));
+        for p in patterns {
+            let dir_only = p.ends_with('/');
+            let body = p.trim_end_matches('/');
+            let anchored = body.starts_with('/');
+            let body = body.trim_start_matches('/');
+            if body.is_empty() {
+                return Err(bad(p, "it names nothing".into()));
+            }
+            let by_path = anchored || body.contains('/');
+            let glob = globset::GlobBuilder::new(body)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| bad(p, e.kind().to_string()))?;
+            let slot = usize::from(by_path) * 2 + usize::from(dir_only);
+            builders[slot].2.add(glob);
+        }
+        let sets = builders.map(|(by_path, dir_only, b)| (by_path, dir_only, b.build().expect("globs compiled")));
+        Ok(Self { patterns: patterns.to_vec(), sets })
+    }
+
+    /// Whether the entry at `path` (relative, `/`-separated) is excluded.
+    pub fn matches(&self, path: &str, is_dir: bool) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        self.sets
+            .iter()
+            .any(|(by_path, dir_only, set)| (is_dir || !dir_only) && set.is_match(if *by_path { path } else { name }))
+    }
+
+    /// The patterns as given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// Walks `root` (which must be a directory), leaving out what `exclude` matches.
+pub fn walk(root: &Path, exclude: &Exclude) -> Result<Walk, ArchiveError> {
     let meta = std::fs::metadata(root).map_err(|source| ArchiveError::Source { path: root.to_owned(), source })?;
     if !meta.is_dir() {
         return Err(ArchiveError::Source {
@@ -42,7 +107,14 @@ pub fn walk(root: &Path) -> Result<Walk, ArchiveError> {
         });
     }
     let mut out = Walk::default();
+    let excluded = std::cell::Cell::new(0u64);
     let walker = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1);
+    let walker = walker.into_iter().filter_entry(|e| {
+        let rel = e.path().strip_prefix(root).ok().and_then(Path::to_str);
+        let skip = rel.is_some_and(|p| exclude.matches(p, e.file_type().is_dir()));
+        excluded.set(excluded.get() + u64::from(skip));
+        !skip
+    });
     for entry in walker {
         let entry = match entry {
             Ok(e) => e,
@@ -96,6 +168,7 @@ pub fn walk(root: &Path) -> Result<Walk, ArchiveError> {
             target,
         });
     }
+    out.excluded = excluded.get();
     Ok(out)
 }
 
@@ -111,7 +184,7 @@ mod tests {
         std::fs::write(root.join("a.txt"), b"hello").unwrap();
         std::fs::write(root.join("b/inner/c.bin"), vec![7u8; 10]).unwrap();
         std::os::unix::fs::symlink("..", root.join("b/loop")).unwrap();
-        let w = walk(root).unwrap();
+        let w = walk(root, &Exclude::default()).unwrap();
         let paths: Vec<_> = w.items.iter().map(|i| (i.path.as_str(), i.kind)).collect();
         assert_eq!(
             paths,
@@ -126,6 +199,44 @@ mod tests {
         assert_eq!(w.items[0].size, 5);
         assert_eq!(w.items[4].target.as_deref(), Some(".."));
         assert!(w.skipped.is_empty());
-        assert!(walk(&root.join("a.txt")).is_err(), "a file is not a source directory");
+        assert!(walk(&root.join("a.txt"), &Exclude::default()).is_err(), "a file is not a source directory");
+    }
+
+    #[test]
+    fn excluded_names_paths_and_directories_are_left_out_with_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["src/.git/objects", "data/cache", "logs", "cache"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "src/main.rs",
+            "src/main.rs.tmp",
+            "src/.git/objects/ab",
+            "data/cache/x.bin",
+            "data/keep.bin",
+            "data/old.bak",
+            "logs/2026-01.log",
+            "logs/2025-12.log",
+            "top.bak",
+        ] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        std::fs::write(root.join("src/cache"), b"a file named cache").unwrap();
+        let patterns: Vec<String> =
+            ["*.tmp", ".git", "cache/", "/logs/2026-*", "data/*.bak"].iter().map(|p| p.to_string()).collect();
+        let w = walk(root, &Exclude::new(&patterns).unwrap()).unwrap();
+        let paths: Vec<_> = w.items.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["data", "data/keep.bin", "logs", "logs/2025-12.log", "src", "src/cache", "src/main.rs", "top.bak"],
+            "a name pattern matches at any depth, a path pattern only there, a trailing / only directories"
+        );
+        // cache/, data/cache, data/old.bak, logs/2026-01.log, src/.git, src/main.rs.tmp
+        assert_eq!(w.excluded, 6);
+        for bad in ["/", "a[b"] {
+            let err = Exclude::new(&[bad.to_string()]).unwrap_err().to_string();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
     }
 }
