@@ -159,6 +159,8 @@ pub struct GetArgs {
     /// Only this byte range, as OFFSET:LEN (LEN 0 = to the end).
     #[arg(long, value_name = "OFFSET:LEN", value_parser = parse_range)]
     pub range: Option<(u64, u64)>,
+    #[command(flatten)]
+    pub filter: ExcludeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -345,14 +347,14 @@ mod tests {
     }
 }
 
-/// `--exclude`, shared by ship, survey and put of a directory.
+/// `--exclude`, shared by ship, survey, and put and get of a directory.
 #[derive(Debug, Args)]
 pub struct ExcludeArgs {
     /// Leave out what matches PATTERN (repeatable). Without a `/`, a glob on the name at any
-    /// depth (`*.tmp`, `.git`); with one, a glob on the path under the directory
-    /// (`logs/2026-*`, `/build`); a trailing `/` matches directories only (`cache/`). `*`
-    /// stays within a name, `**` crosses directories; an excluded directory goes with
-    /// everything under it.
+    /// depth (`*.tmp`, `.git`); with one, a glob on the path under the directory, or for a
+    /// prefix get on the key after the prefix (`logs/2026-*`, `/build`); a trailing `/`
+    /// matches directories only (`cache/`). `*` stays within a name, `**` crosses
+    /// directories; an excluded directory goes with everything under it.
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
 }

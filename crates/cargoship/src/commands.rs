@@ -170,6 +170,12 @@ pub async fn get(g: &GlobalOpts, args: &GetArgs) -> anyhow::Result<()> {
     if src.key.is_empty() || src.key.ends_with('/') {
         return crate::get_many::get_prefix(g, args, src).await;
     }
+    if !args.filter.exclude.is_empty() {
+        return Err(crate::get_many::GetManyError::Usage(format!(
+            "--exclude applies to a prefix (a source ending in /); {src} is one object"
+        ))
+        .into());
+    }
     let to_stdout = args.destination == "-";
     let mut dest = PathBuf::from(&args.destination);
     if !to_stdout && dest.is_dir() {

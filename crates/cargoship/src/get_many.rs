@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use cargoship::archive::walk::Exclude;
 use futures::StreamExt;
 use s3opt::ListEntry;
 
@@ -51,6 +52,8 @@ struct Plan {
 struct Planner {
     files: BTreeSet<PathBuf>,
     dirs: BTreeSet<PathBuf>,
+    /// Keys (after the prefix) left out, before they are checked as paths.
+    exclude: Exclude,
 }
 
 impl Planner {
@@ -68,8 +71,8 @@ impl Planner {
                 Some(dir) => (dir, true),
                 None => (rel, false),
             };
-            if rel.is_empty() {
-                // The prefix's own directory marker.
+            if rel.is_empty() || self.exclude.matches_under(rel, is_dir) {
+                // The prefix's own directory marker, or left out.
                 continue;
             }
             let mut path = PathBuf::new();
@@ -115,6 +118,7 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     if args.range.is_some() {
         return Err(GetManyError::Usage(format!("--range applies to one object; {src} is a prefix")).into());
     }
+    let planner = Planner { exclude: args.filter.compile()?, ..Planner::default() };
     if args.destination == "-" {
         return Err(GetManyError::Usage(format!(
             "{src} is a prefix: its objects go to a directory, not to standard output"
@@ -157,7 +161,7 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     let markers = std::sync::atomic::AtomicU64::new(0);
     let markers_ref = &markers;
     // Each page becomes its files (or the error that stops the run), in listing order.
-    let files = futures::stream::unfold((pages, Planner::default()), move |(mut pages, mut planner)| async move {
+    let files = futures::stream::unfold((pages, planner), move |(mut pages, mut planner)| async move {
         let page = pages.recv().await?;
         let planned = page.map_err(anyhow::Error::from).and_then(|objects| {
             let plan = planner.page(bucket, prefix, objects)?;
@@ -209,7 +213,9 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     let (count, bytes, verified, algorithms) =
         result.with_context(|| format!("downloading {src} to {}", dest.display()))?;
     if count == 0 && markers.into_inner() == 0 {
-        return Err(GetManyError::Empty(src.to_string()).into());
+        let what =
+            if args.filter.exclude.is_empty() { src.to_string() } else { format!("{src} that --exclude leaves in") };
+        return Err(GetManyError::Empty(what).into());
     }
     let mut summary = Summary::new("get", src.to_string(), dest.display().to_string(), bytes, started, client);
     summary.objects = Some(count);
@@ -268,5 +274,17 @@ mod tests {
         assert!(planner.page("b", "p/", keys(&["p/x/z"])).is_ok(), "a directory is shared by its files");
         let err = planner.page("b", "p/", keys(&["p/x"])).unwrap_err().to_string();
         assert!(err.contains("s3://b/p/x under"), "{err}");
+    }
+
+    #[test]
+    fn excluded_keys_are_left_out_before_they_are_checked_as_paths() {
+        let exclude = Exclude::new(&["*.tmp".into(), "cache/".into(), "/raw/2025-*".into()]).unwrap();
+        let mut planner = Planner { exclude, ..Planner::default() };
+        let listed =
+            ["p/a.txt", "p/a.tmp", "p/x/cache/y", "p/x/cache/", "p/raw/2025-01/z", "p/raw/2026-01/z", "p/odd/../k.tmp"];
+        let plan = planner.page("b", "p/", keys(&listed)).unwrap();
+        let files: Vec<&Path> = plan.files.iter().map(|(_, p)| p.as_path()).collect();
+        assert_eq!(files, [Path::new("a.txt"), Path::new("raw/2026-01/z")]);
+        assert!(plan.dirs.is_empty(), "the excluded directory's marker is left out too");
     }
 }

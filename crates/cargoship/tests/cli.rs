@@ -326,6 +326,20 @@ async fn a_prefix_downloads_into_a_directory_with_one_get_per_small_object() {
     assert_fails(&o, 3, "s3://bucket/data is a prefix, not an object (end the source with /");
     let o = run_against(&env, &["get", "s3://bucket/nothing/", out.to_str().unwrap()]).await;
     assert_fails(&o, 3, "no objects under s3://bucket/nothing/");
+
+    // --exclude leaves keys out by name, by path after the prefix, or with their directory.
+    let some = env.dir.path().join("some");
+    let args =
+        ["--json", "get", "s3://bucket/data/", some.to_str().unwrap(), "--exclude", "*.txt", "--exclude", "deeper/"];
+    let o = run_against(&env, &args).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["objects"], 1, "{j}");
+    assert!(some.join("sub/b.bin").is_file() && !some.join("a.txt").exists() && !some.join("sub/deeper").exists());
+    let o = run_against(&env, &["get", "s3://bucket/data/", some.to_str().unwrap(), "--exclude", "*"]).await;
+    assert_fails(&o, 3, "no objects under s3://bucket/data/ that --exclude leaves in");
+    let o = run_against(&env, &["get", "s3://bucket/data/a.txt", some.to_str().unwrap(), "--exclude", "x"]).await;
+    assert_fails(&o, 2, "--exclude applies to a prefix");
     let o = run_against(&env, &["get", "s3://bucket/data/", out.join("a.txt").to_str().unwrap()]).await;
     assert_fails(&o, 6, "not a directory");
     let o = run_against(&env, &["get", "s3://bucket/data/", out.to_str().unwrap(), "--range", "0:10"]).await;

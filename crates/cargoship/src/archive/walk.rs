@@ -40,29 +40,34 @@ pub struct Walk {
 /// path under the root (`logs/2026-*`, `data/**/*.bak`, `/build`). A trailing `/` matches
 /// directories only (`cache/`). `*` stays within a name, `**` crosses directories. An
 /// excluded directory is left out with everything under it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Exclude {
     patterns: Vec<String>,
-    /// Matchers by (matches the path rather than the name, directories only).
-    sets: [(bool, bool, globset::GlobSet); 4],
+    /// Patterns on an entry's name.
+    names: Globs,
+    /// Patterns on an entry's path under the root.
+    paths: Globs,
 }
 
-impl Default for Exclude {
-    fn default() -> Self {
-        Self::new(&[]).expect("no patterns")
+/// Compiled globs, and which of them match directories only.
+#[derive(Debug, Clone, Default)]
+struct Globs {
+    set: globset::GlobSet,
+    dir_only: Vec<bool>,
+}
+
+impl Globs {
+    fn hit(&self, text: &str, is_dir: bool) -> bool {
+        self.set.is_match(text) && (is_dir || self.set.matches(text).into_iter().any(|i| !self.dir_only[i]))
     }
 }
 
 impl Exclude {
     /// Compiles `patterns`; a bad or empty one is a usage error naming it.
     pub fn new(patterns: &[String]) -> Result<Self, ArchiveError> {
-        let mut builders: [(bool, bool, globset::GlobSetBuilder); 4] = [
-            (false, false, globset::GlobSetBuilder::new()),
-            (false, true, globset::GlobSetBuilder::new()),
-            (true, false, globset::GlobSetBuilder::new()),
-            (true, true, globset::GlobSetBuilder::new()),
-        ];
         let bad = |p: &str, why: String| ArchiveError::Usage(format!("bad --exclude pattern '{p}': {why}"));
+        let (mut names, mut paths) = (globset::GlobSetBuilder::new(), globset::GlobSetBuilder::new());
+        let (mut names_dir_only, mut paths_dir_only) = (Vec::new(), Vec::new());
         for p in patterns {
             let dir_only = p.ends_with('/');
             let body = p.trim_end_matches('/');
@@ -71,24 +76,37 @@ impl Exclude {
             if body.is_empty() {
                 return Err(bad(p, "it names nothing".into()));
             }
-            let by_path = anchored || body.contains('/');
             let glob = globset::GlobBuilder::new(body)
                 .literal_separator(true)
                 .build()
                 .map_err(|e| bad(p, e.kind().to_string()))?;
-            let slot = usize::from(by_path) * 2 + usize::from(dir_only);
-            builders[slot].2.add(glob);
+            if anchored || body.contains('/') {
+                paths.add(glob);
+                paths_dir_only.push(dir_only);
+            } else {
+                names.add(glob);
+                names_dir_only.push(dir_only);
+            }
         }
-        let sets = builders.map(|(by_path, dir_only, b)| (by_path, dir_only, b.build().expect("globs compiled")));
-        Ok(Self { patterns: patterns.to_vec(), sets })
+        let set = |b: globset::GlobSetBuilder| b.build().map_err(|e| bad(&patterns.join(" "), e.to_string()));
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            names: Globs { set: set(names)?, dir_only: names_dir_only },
+            paths: Globs { set: set(paths)?, dir_only: paths_dir_only },
+        })
     }
 
     /// Whether the entry at `path` (relative, `/`-separated) is excluded.
     pub fn matches(&self, path: &str, is_dir: bool) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
-        self.sets
-            .iter()
-            .any(|(by_path, dir_only, set)| (is_dir || !dir_only) && set.is_match(if *by_path { path } else { name }))
+        self.names.hit(name, is_dir) || self.paths.hit(path, is_dir)
+    }
+
+    /// Whether `path` or a directory above it is excluded: for paths that do not come from
+    /// a walk (which leaves out an excluded directory's contents by not entering it), such
+    /// as the keys of a listing.
+    pub fn matches_under(&self, path: &str, is_dir: bool) -> bool {
+        path.match_indices('/').any(|(i, _)| self.matches(&path[..i], true)) || self.matches(path, is_dir)
     }
 
     /// The patterns as given.
@@ -234,6 +252,10 @@ mod tests {
         );
         // cache/, data/cache, data/old.bak, logs/2026-01.log, src/.git, src/main.rs.tmp
         assert_eq!(w.excluded, 6);
+        let under = Exclude::new(&patterns).unwrap();
+        assert!(under.matches_under("src/.git/objects/ab", false), "below an excluded directory");
+        assert!(under.matches_under("x/cache/y", false) && !under.matches_under("x/cache", false));
+        assert!(!under.matches_under("data/keep.bin", false));
         for bad in ["/", "a[b"] {
             let err = Exclude::new(&[bad.to_string()]).unwrap_err().to_string();
             assert!(err.contains(&format!("'{bad}'")), "{err}");
