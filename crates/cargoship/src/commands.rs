@@ -34,6 +34,9 @@ pub(crate) struct Summary {
     /// Of those, how many were verified against a checksum S3 stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verified_objects: Option<u64>,
+    /// Objects left out by `--exclude` (when it was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) excluded: Option<u64>,
     /// The controller's final state.
     controller: ControllerState,
     metrics: MetricsSnapshot,
@@ -65,6 +68,7 @@ impl Summary {
             verified_with: None,
             objects: None,
             verified_objects: None,
+            excluded: None,
             controller: client.controller_state(),
             metrics,
             timeline: client.timeline(),
@@ -100,6 +104,9 @@ impl Summary {
             (Some(alg), _, _) => line.push_str(&format!(", verified ({alg})")),
             (None, Some(n), Some(v)) => line.push_str(&format!(", {v} of {n} verified against a checksum S3 stored")),
             _ => {}
+        }
+        if let Some(n) = self.excluded {
+            line.push_str(&format!(", {n} excluded"));
         }
         if to_stderr || g.quiet {
             if !g.quiet {

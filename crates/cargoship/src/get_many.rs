@@ -44,6 +44,8 @@ pub enum GetManyError {
 struct Plan {
     files: Vec<(ListEntry, PathBuf)>,
     dirs: Vec<PathBuf>,
+    /// Keys `--exclude` left out.
+    excluded: u64,
 }
 
 /// Maps listed keys to paths relative to the destination, page by page, remembering what
@@ -71,8 +73,12 @@ impl Planner {
                 Some(dir) => (dir, true),
                 None => (rel, false),
             };
-            if rel.is_empty() || self.exclude.matches_under(rel, is_dir) {
-                // The prefix's own directory marker, or left out.
+            if rel.is_empty() {
+                // The prefix's own directory marker.
+                continue;
+            }
+            if self.exclude.matches_under(rel, is_dir) {
+                plan.excluded += 1;
                 continue;
             }
             let mut path = PathBuf::new();
@@ -160,12 +166,15 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     // Directory markers found (with no file, they are what the prefix holds).
     let markers = std::sync::atomic::AtomicU64::new(0);
     let markers_ref = &markers;
+    let excluded = std::sync::atomic::AtomicU64::new(0);
+    let excluded_ref = &excluded;
     // Each page becomes its files (or the error that stops the run), in listing order.
     let files = futures::stream::unfold((pages, planner), move |(mut pages, mut planner)| async move {
         let page = pages.recv().await?;
         let planned = page.map_err(anyhow::Error::from).and_then(|objects| {
             let plan = planner.page(bucket, prefix, objects)?;
             markers_ref.fetch_add(plan.dirs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            excluded_ref.fetch_add(plan.excluded, std::sync::atomic::Ordering::Relaxed);
             for dir in plan.dirs.iter().map(|d| dest_ref.join(d)) {
                 std::fs::create_dir_all(&dir).map_err(|e| LocalFileError::write(&dir, e))?;
             }
@@ -220,6 +229,7 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     let mut summary = Summary::new("get", src.to_string(), dest.display().to_string(), bytes, started, client);
     summary.objects = Some(count);
     summary.verified_objects = Some(verified);
+    summary.excluded = (!args.filter.exclude.is_empty()).then(|| excluded.into_inner());
     if algorithms.len() == 1 && verified == count {
         summary.verified_with = algorithms.into_iter().next();
     }
@@ -286,5 +296,6 @@ mod tests {
         let files: Vec<&Path> = plan.files.iter().map(|(_, p)| p.as_path()).collect();
         assert_eq!(files, [Path::new("a.txt"), Path::new("raw/2026-01/z")]);
         assert!(plan.dirs.is_empty(), "the excluded directory's marker is left out too");
+        assert_eq!(plan.excluded, 5);
     }
 }

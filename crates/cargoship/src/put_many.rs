@@ -80,6 +80,8 @@ struct ManySummary<'a> {
     strategy: &'a str,
     via: &'a str,
     prefixes: Vec<String>,
+    /// Entries left out by `--exclude` (a directory counts once).
+    excluded: u64,
     requests: u64,
     retries: u64,
     errors: std::collections::BTreeMap<String, u64>,
@@ -88,9 +90,9 @@ struct ManySummary<'a> {
 }
 
 /// Files under `dir` that `exclude` leaves in, with their keys relative to it
-/// (`/`-separated), sorted by name.
-fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<Vec<UploadItem>> {
-    let mut out = Vec::new();
+/// (`/`-separated), sorted by name, and how many entries `exclude` left out.
+fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<(Vec<UploadItem>, u64)> {
+    let (mut out, mut excluded) = (Vec::new(), 0);
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).map_err(|e| LocalFileError::read(&d, e))? {
@@ -100,6 +102,7 @@ fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<Vec<UploadItem>> {
             let rel = path.strip_prefix(dir).expect("under dir");
             let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
             if exclude.matches(&name, ft.is_dir()) {
+                excluded += 1;
                 continue;
             }
             if ft.is_dir() {
@@ -111,7 +114,7 @@ fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<Vec<UploadItem>> {
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, excluded))
 }
 
 /// Uploads a directory (the `put` command when its source is a directory).
@@ -141,7 +144,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             Some(b)
         }
     };
-    let items = walk(&dir, &m.filter.compile()?)?;
+    let (items, excluded) = walk(&dir, &m.filter.compile()?)?;
     if items.is_empty() {
         let why =
             if m.filter.exclude.is_empty() { "contains no files" } else { "contains no files --exclude leaves in" };
@@ -184,6 +187,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             strategy: if coordinated { &m.strategy } else { "none" },
             via: if coordinated { &m.via } else { "none" },
             prefixes,
+            excluded,
             requests: metrics.requests,
             retries: metrics.retries,
             errors: metrics.errors.clone(),
@@ -192,7 +196,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).expect("summary serializes"));
     } else if !g.quiet {
         println!(
-            "uploaded {} objects from {} to {} over {} prefixes ({}): {} in {:.2} s ({:.1} MB/s), {} requests, {} retries",
+            "uploaded {} objects from {} to {} over {} prefixes ({}): {} in {:.2} s ({:.1} MB/s), {} requests, {} retries{}",
             summary.objects - summary.failed,
             dir.display(),
             dest,
@@ -202,7 +206,8 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64(),
             summary.mb_per_s,
             metrics.requests,
-            metrics.retries
+            metrics.retries,
+            if m.filter.exclude.is_empty() { String::new() } else { format!(", {excluded} excluded") }
         );
         if let Some(c) = &summary.coordination {
             println!(

@@ -330,6 +330,8 @@ async fn excluded_entries_stay_out_of_ship_survey_verify_restore_and_put() {
         .run(&[&["put", src_s, "s3://bucket/objs", "--prefixes", "1", "--prefix-root", ""][..], &excludes].concat())
         .await;
     assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("uploaded 3 objects") && out.contains(", 3 excluded"), "{out}");
     let client = env.client().await;
     let mut keys: Vec<String> =
         client.list("bucket", "objs/", None).await.unwrap().objects.into_iter().map(|e| e.key).collect();
