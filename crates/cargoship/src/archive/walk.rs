@@ -37,7 +37,7 @@ pub struct Walk {
 
 /// `--exclude` patterns. A pattern without `/` matches an entry's name at any depth
 /// (`*.tmp`, `.git`, `__pycache__`); one with a `/` inside or at its start matches the
-/// path under the root (`logs/2026-*`, `data/**/*.bak`, `/build`). A trailing `/` matches
+/// path under the root (`logs/2026-*`, `data/**/*.bak`, `/build` or `./build`). A trailing `/` matches
 /// directories only (`cache/`). `*` stays within a name, `**` crosses directories. An
 /// excluded directory is left out with everything under it.
 #[derive(Debug, Clone, Default)]
@@ -71,8 +71,9 @@ impl Exclude {
         for p in patterns {
             let dir_only = p.ends_with('/');
             let body = p.trim_end_matches('/');
-            let anchored = body.starts_with('/');
-            let body = body.trim_start_matches('/');
+            // `./build` is written relative to the root, as `/build` is.
+            let anchored = body.starts_with('/') || body.starts_with("./");
+            let body = body.trim_start_matches("./").trim_start_matches('/');
             if body.is_empty() {
                 return Err(bad(p, "it names nothing".into()));
             }
@@ -256,6 +257,9 @@ mod tests {
         assert!(under.matches_under("src/.git/objects/ab", false), "below an excluded directory");
         assert!(under.matches_under("x/cache/y", false) && !under.matches_under("x/cache", false));
         assert!(!under.matches_under("data/keep.bin", false));
+        let relative = Exclude::new(&["./logs".into(), "**/cache".into()]).unwrap();
+        assert!(relative.matches("logs", true) && !relative.matches("x/logs", true), "./ anchors at the root");
+        assert!(relative.matches("cache", true) && relative.matches("a/b/cache", true), "**/ at any depth");
         for bad in ["/", "a[b"] {
             let err = Exclude::new(&[bad.to_string()]).unwrap_err().to_string();
             assert!(err.contains(&format!("'{bad}'")), "{err}");
