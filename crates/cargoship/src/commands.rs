@@ -266,17 +266,23 @@ pub async fn ls(g: &GlobalOpts, args: &LsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let delimiter = (!args.recursive).then_some("/");
-    let listing = session.client.list(&target.bucket, &target.key, delimiter).await?;
     if g.json {
+        let listing = session.client.list(&target.bucket, &target.key, delimiter).await?;
         println!("{}", serde_json::to_string_pretty(&listing)?);
         return Ok(());
     }
-    for p in &listing.common_prefixes {
-        println!("{:>19} {:>12} PRE {p}", "", "");
-    }
-    for o in &listing.objects {
-        let when = o.last_modified.map(format_time).unwrap_or_default();
-        println!("{when:>19} {:>12} {}", o.size, o.key);
+    // Page by page, as the AWS CLI does: a listing of millions of keys starts printing at
+    // once and holds one page in memory.
+    let mut pages = std::pin::pin!(session.client.list_pages(&target.bucket, &target.key, delimiter));
+    while let Some(page) = futures::StreamExt::next(&mut pages).await {
+        let page = page?;
+        for p in &page.common_prefixes {
+            println!("{:>19} {:>12} PRE {p}", "", "");
+        }
+        for o in &page.objects {
+            let when = o.last_modified.map(format_time).unwrap_or_default();
+            println!("{when:>19} {:>12} {}", o.size, o.key);
+        }
     }
     Ok(())
 }

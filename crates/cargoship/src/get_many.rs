@@ -146,16 +146,10 @@ pub async fn get_prefix(g: &GlobalOpts, args: &GetArgs, src: S3Url) -> anyhow::R
     let lister = tokio::spawn({
         let (client, bucket, prefix) = (client.clone(), src.bucket.clone(), src.key.clone());
         async move {
-            let mut token: Option<String> = None;
-            loop {
-                let page = client.list_page(&bucket, &prefix, None, token.as_deref()).await;
-                let next = page.as_ref().ok().and_then(|(_, next)| next.clone());
-                if pages_tx.send(page.map(|(listing, _)| listing.objects)).await.is_err() {
+            let mut pages = std::pin::pin!(client.list_pages(&bucket, &prefix, None));
+            while let Some(page) = pages.next().await {
+                if pages_tx.send(page.map(|listing| listing.objects)).await.is_err() {
                     return;
-                }
-                match next {
-                    Some(t) => token = Some(t),
-                    None => return,
                 }
             }
         }

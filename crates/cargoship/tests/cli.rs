@@ -320,6 +320,12 @@ async fn a_prefix_downloads_into_a_directory_with_one_get_per_small_object() {
     );
     assert_eq!(std::fs::read_to_string(many.join("1199")).unwrap(), "object 1199");
     assert_eq!(std::fs::read_dir(&many).unwrap().count(), 1200);
+    // `ls` prints them page by page: every key once, in order, across both pages.
+    let o = run_against(&env, &["ls", "--recursive", "--objects", "s3://bucket/many/"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let keys: Vec<String> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+    assert_eq!(keys, (0..1200).map(|i| format!("many/{i:04}")).collect::<Vec<_>>());
 
     // Without its trailing '/', a prefix is an object that does not exist: the error says so.
     let o = run_against(&env, &["get", "s3://bucket/data", out.to_str().unwrap()]).await;

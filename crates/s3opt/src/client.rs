@@ -523,18 +523,32 @@ impl OptimizedS3Client {
     /// Lists every object under `prefix` (all pages). With a delimiter (usually `/`), keys
     /// below the next delimiter are folded into `common_prefixes`.
     pub async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>) -> Result<Listing> {
+        use futures::TryStreamExt;
         let mut listing = Listing::default();
-        let mut token: Option<String> = None;
-        loop {
-            let (page, next) = self.list_page(bucket, prefix, delimiter, token.as_deref()).await?;
+        let mut pages = std::pin::pin!(self.list_pages(bucket, prefix, delimiter));
+        while let Some(page) = pages.try_next().await? {
             listing.pages += 1;
             listing.objects.extend(page.objects);
             listing.common_prefixes.extend(page.common_prefixes);
-            match next {
-                Some(t) => token = Some(t),
-                None => return Ok(listing),
-            }
         }
+        Ok(listing)
+    }
+
+    /// [`OptimizedS3Client::list`] page by page (up to 1,000 keys each), each page fetched
+    /// when the stream is polled: for a caller that works on each page as it comes (a
+    /// listing of millions of keys in one page of memory). The stream ends after an error.
+    pub fn list_pages<'a>(
+        &'a self,
+        bucket: &'a str,
+        prefix: &'a str,
+        delimiter: Option<&'a str>,
+    ) -> impl futures::Stream<Item = Result<Listing>> + 'a {
+        // `Some(token)`: a page is left to fetch (`None` token: the first); `None`: done.
+        futures::stream::try_unfold(Some(None::<String>), move |state| async move {
+            let Some(token) = state else { return Ok(None) };
+            let (page, next) = self.list_page(bucket, prefix, delimiter, token.as_deref()).await?;
+            Ok(Some((page, next.map(Some))))
+        })
     }
 
     /// One page of [`OptimizedS3Client::list`] (up to 1,000 keys), from the continuation

@@ -23,17 +23,18 @@ pub struct ArchiveSummary {
     pub suitcases: usize,
 }
 
-/// The archives at or below `s3://bucket/prefix`, sorted by URL.
+/// The archives at or below `s3://bucket/prefix`, sorted by URL. The listing is read page
+/// by page and only the inventories' prefixes are kept, so a prefix of millions of keys
+/// costs one page of memory.
 pub async fn list_archives(client: &OptimizedS3Client, bucket: &str, prefix: &str) -> Result<Vec<ArchiveSummary>> {
-    let listing = client.list(bucket, prefix, None).await?;
-    let prefixes: Vec<String> = listing
-        .objects
-        .iter()
-        .filter_map(|o| match o.key.rsplit_once('/') {
+    let mut prefixes: Vec<String> = Vec::new();
+    let mut pages = std::pin::pin!(client.list_pages(bucket, prefix, None));
+    while let Some(page) = pages.next().await {
+        prefixes.extend(page?.objects.iter().filter_map(|o| match o.key.rsplit_once('/') {
             None => is_inventory_name(&o.key).then(String::new),
             Some((prefix, name)) => is_inventory_name(name).then(|| prefix.to_owned()),
-        })
-        .collect();
+        }));
+    }
     let mut out: Vec<ArchiveSummary> = futures::stream::iter(prefixes)
         .map(|p| async move {
             let inv = fetch_inventory(client, bucket, &p).await?;
