@@ -82,6 +82,8 @@ struct ManySummary<'a> {
     prefixes: Vec<String>,
     /// Entries left out by `--exclude` (a directory counts once).
     excluded: u64,
+    /// Entries passed over: symlinks, special files, names that are not UTF-8.
+    skipped: usize,
     requests: u64,
     retries: u64,
     errors: std::collections::BTreeMap<String, u64>,
@@ -89,10 +91,22 @@ struct ManySummary<'a> {
     upload: &'a UploadSummary,
 }
 
-/// Files under `dir` that `exclude` leaves in, with their keys relative to it
-/// (`/`-separated), sorted by name, and how many entries `exclude` left out.
-fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<(Vec<UploadItem>, u64)> {
-    let (mut out, mut excluded) = (Vec::new(), 0);
+/// What a walk of the source directory found.
+#[derive(Default)]
+struct Found {
+    /// Regular files, with their keys relative to the directory (`/`-separated), by name.
+    items: Vec<UploadItem>,
+    /// Entries `--exclude` left out (a directory counts once).
+    excluded: u64,
+    /// Entries that cannot be uploaded as objects, and why.
+    passed_over: Vec<(PathBuf, &'static str)>,
+}
+
+/// Walks `dir`: every regular file `exclude` leaves in becomes an item. Symlinks are not
+/// followed and, like special files and names that are not UTF-8 (their key would not be
+/// their name), passed over, each with its reason, so the caller can say what was not sent.
+fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<Found> {
+    let mut found = Found::default();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).map_err(|e| LocalFileError::read(&d, e))? {
@@ -100,21 +114,28 @@ fn walk(dir: &Path, exclude: &Exclude) -> anyhow::Result<(Vec<UploadItem>, u64)>
             let path = entry.path();
             let ft = entry.file_type().map_err(|e| LocalFileError::read(&path, e))?;
             let rel = path.strip_prefix(dir).expect("under dir");
-            let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let Some(name) = rel.to_str().map(str::to_owned) else {
+                found.passed_over.push((path, "its name is not UTF-8"));
+                continue;
+            };
             if exclude.matches(&name, ft.is_dir()) {
-                excluded += 1;
+                found.excluded += 1;
                 continue;
             }
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file() {
                 let size = entry.metadata().map_err(|e| LocalFileError::read(&path, e))?.len();
-                out.push(UploadItem { path, name, size, priority: 0 });
+                found.items.push(UploadItem { path, name, size, priority: 0 });
+            } else if ft.is_symlink() {
+                found.passed_over.push((path, "a symlink (put sends regular files and does not follow links)"));
+            } else {
+                found.passed_over.push((path, "not a regular file"));
             }
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((out, excluded))
+    found.items.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
 }
 
 /// Uploads a directory (the `put` command when its source is a directory).
@@ -144,7 +165,11 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             Some(b)
         }
     };
-    let (items, excluded) = walk(&dir, &m.filter.compile()?)?;
+    let Found { items, excluded, passed_over } = walk(&dir, &m.filter.compile()?)?;
+    for (path, why) in &passed_over {
+        eprintln!("skipped {}: {why}", path.display());
+    }
+    let skipped = passed_over.len();
     if items.is_empty() {
         let why =
             if m.filter.exclude.is_empty() { "contains no files" } else { "contains no files --exclude leaves in" };
@@ -188,6 +213,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             via: if coordinated { &m.via } else { "none" },
             prefixes,
             excluded,
+            skipped,
             requests: metrics.requests,
             retries: metrics.retries,
             errors: metrics.errors.clone(),
@@ -196,7 +222,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).expect("summary serializes"));
     } else if !g.quiet {
         println!(
-            "uploaded {} objects from {} to {} over {} prefixes ({}): {} in {:.2} s ({:.1} MB/s), {} requests, {} retries{}",
+            "uploaded {} objects from {} to {} over {} prefixes ({}): {} in {:.2} s ({:.1} MB/s), {} requests, {} retries{}{}",
             summary.objects - summary.failed,
             dir.display(),
             dest,
@@ -207,6 +233,7 @@ pub async fn run(g: &GlobalOpts, args: &PutArgs) -> anyhow::Result<()> {
             summary.mb_per_s,
             metrics.requests,
             metrics.retries,
+            if skipped == 0 { String::new() } else { format!(", {skipped} skipped") },
             if m.filter.exclude.is_empty() { String::new() } else { format!(", {excluded} excluded") }
         );
         if let Some(c) = &summary.coordination {

@@ -326,12 +326,19 @@ async fn excluded_entries_stay_out_of_ship_survey_verify_restore_and_put() {
     let o = env.run(&["ship", src_s, "s3://bucket/ex"]).await;
     assert!(!o.status.success(), "without the patterns the tree differs from the archive's");
 
+    // put sends regular files only: a symlink is passed over, and said so.
+    std::os::unix::fs::symlink("main.rs", src.join("src/link")).unwrap();
     let o = env
         .run(&[&["put", src_s, "s3://bucket/objs", "--prefixes", "1", "--prefix-root", ""][..], &excludes].concat())
         .await;
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("uploaded 3 objects") && out.contains(", 3 excluded"), "{out}");
+    assert!(out.contains("uploaded 3 objects") && out.contains(", 1 skipped, 3 excluded"), "{out}");
+    assert!(
+        stderr(&o).contains("link: a symlink (put sends regular files and does not follow links)"),
+        "{}",
+        stderr(&o)
+    );
     let client = env.client().await;
     let mut keys: Vec<String> =
         client.list("bucket", "objs/", None).await.unwrap().objects.into_iter().map(|e| e.key).collect();
