@@ -26,7 +26,7 @@ use crate::adaptive::monitor::{Monitor, TimelinePoint};
 use crate::adaptive::optimizer::part_size_for;
 use crate::adaptive::window::Window;
 use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE, SHORT_ROUND_TRIP};
-use crate::connection::Warm;
+use crate::connection::{Warm, WireMeter};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
@@ -68,6 +68,11 @@ pub(crate) struct Engine {
     /// behind its peers (see [`Engine::is_straggler`]).
     epoch: Instant,
     newest_done: AtomicU64,
+    /// Bytes acknowledged and received on the client's connections, read from the kernel
+    /// (`None` for an SDK client built elsewhere), and when (nanoseconds since `epoch`) the
+    /// controller last heard of them: see [`Engine::progress`].
+    wire: Option<Arc<WireMeter>>,
+    progress_at: AtomicU64,
     /// Background aborts of cancelled multipart uploads, awaited by `finish_cleanup`.
     pub(crate) cleanup: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Who else sees every request's [`Sample`] (e.g. the cross-prefix coordinator).
@@ -210,7 +215,7 @@ impl OptimizedS3Client {
         if let Some(algorithm) = &cfg.tcp_congestion {
             crate::connection::tcp::check(algorithm).map_err(Error::Config)?;
         }
-        let (http, warm) = crate::connection::tuned_http_client(
+        let (http, warm, wire) = crate::connection::tuned_http_client(
             cfg.tcp_congestion.as_deref(),
             cfg.max_concurrency,
             cfg.connect_timeout,
@@ -244,7 +249,7 @@ impl OptimizedS3Client {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
         let endpoint = endpoint_url.unwrap_or_else(|| format!("AWS S3 ({region})"));
-        Ok(Self::build(aws_sdk_s3::Client::from_conf(s3_conf), cfg, endpoint, Some(warm)))
+        Ok(Self::build(aws_sdk_s3::Client::from_conf(s3_conf), cfg, endpoint, Some((warm, wire))))
     }
 
     /// Wraps an SDK client built elsewhere (its connections are not dialled ahead).
@@ -252,7 +257,13 @@ impl OptimizedS3Client {
         Self::build(s3, cfg, endpoint, None)
     }
 
-    fn build(s3: aws_sdk_s3::Client, cfg: ClientConfig, endpoint: String, warm: Option<Arc<Warm>>) -> Self {
+    fn build(
+        s3: aws_sdk_s3::Client,
+        cfg: ClientConfig,
+        endpoint: String,
+        connections: Option<(Arc<Warm>, Arc<WireMeter>)>,
+    ) -> Self {
+        let (warm, wire) = connections.unzip();
         let metrics = Metrics::new();
         // The buffer pool bounds memory: large parts queue on it, while small objects (a
         // few hundred KiB each) may use the whole window.
@@ -289,6 +300,8 @@ impl OptimizedS3Client {
             pacer,
             epoch: now,
             newest_done: AtomicU64::new(0),
+            wire,
+            progress_at: AtomicU64::new(0),
             cleanup: std::sync::Mutex::new(Vec::new()),
             observers: std::sync::RwLock::new(Vec::new()),
             warm,
@@ -721,6 +734,27 @@ impl Engine {
         }
     }
 
+    /// Tells the controller, at most every [`PROGRESS_EVERY`], how many bytes the
+    /// connections have moved so far, and applies its answer. Called by requests in flight
+    /// as they wait (so a path on which every request takes 25 s is heard from between
+    /// completions). The count is the kernel's (bytes the far end acknowledged, bytes
+    /// received), not what the client handed to its sockets: an upload's bodies go into
+    /// socket buffers of up to 4 MiB each, most of a round of parts at once.
+    fn progress(&self, op: Op) {
+        let Some(wire) = &self.wire else { return };
+        let now = Instant::now();
+        let at = now.duration_since(self.epoch).as_nanos() as u64;
+        let last = self.progress_at.load(Relaxed);
+        if at < last + PROGRESS_EVERY.as_nanos() as u64
+            || self.progress_at.compare_exchange(last, at, Relaxed, Relaxed).is_err()
+        {
+            return;
+        }
+        let mut c = self.control.lock().expect("control lock");
+        c.controller.on_progress(now, wire.total(), self.window.in_use());
+        self.apply(&mut c, op, now);
+    }
+
     /// Runs one request with retries. Data requests (`bytes > 0` or GET/PUT ops) take a
     /// window slot per attempt; the slot is released while backing off.
     pub(crate) async fn run<T, F, Fut>(&self, op: Op, bytes: u64, attempt_fn: F) -> Result<T>
@@ -803,7 +837,7 @@ impl Engine {
                         // meanwhile, and then the threshold drops.
                         Some(after) if started.elapsed() < after => (after - started.elapsed()).min(HEDGE_RECHECK),
                         // Late, but so is everyone: the path is slower, not this request.
-                        Some(after) if !self.is_straggler(started) => after / 4,
+                        Some(after) if !self.is_straggler(started) => (after / 4).min(HEDGE_RECHECK),
                         Some(after) => {
                             if self.take_hedge() {
                                 tracing::debug!(op = op.name(), ?after, "hedging a straggler");
@@ -814,7 +848,7 @@ impl Engine {
                     };
                     tokio::select! {
                         r = &mut first => break r,
-                        () = tokio::time::sleep(wait) => {}
+                        () = tokio::time::sleep(wait) => self.progress(op),
                     }
                 }
             };
@@ -926,11 +960,17 @@ impl Engine {
         }
         sample.delivered_at_end = c.delivered;
         c.controller.on_sample(sample);
+        self.apply(&mut c, sample.op, sample.finished);
+    }
+
+    /// Applies the controller's answer: the window (permits) and, unless fixed, the part
+    /// and range sizes that fit it; and records a timeline point.
+    fn apply(&self, c: &mut Control, op: Op, now: Instant) {
         let mut window = c.controller.window();
         if let (Some(pacer), Some(latency)) = (&self.pacer, c.rtt.srtt()) {
             // Under a bandwidth cap the pacer sets the rate: the window must never be what
             // holds it back (a BBR drain or probe would otherwise dent the capped rate).
-            let request = if sample.op == Op::GetObject { self.range_size() } else { self.part_size() }.max(1) as f64;
+            let request = if op == Op::GetObject { self.range_size() } else { self.part_size() }.max(1) as f64;
             let need = (1.5 * pacer.rate() * latency.as_secs_f64() / request).ceil() as usize;
             window = window.max(need.min(self.cfg.max_concurrency));
         }
@@ -947,8 +987,8 @@ impl Engine {
             }
         }
         let (in_flight, part) = (self.window.in_use() as u64, self.part_size());
-        let Control { monitor, controller, .. } = &mut *c;
-        monitor.maybe_record(sample.finished, in_flight, part, || controller.state());
+        let Control { monitor, controller, .. } = c;
+        monitor.maybe_record(now, in_flight, part, || controller.state());
     }
 
     /// Maps an SDK error to an outcome and a typed error.
@@ -1092,6 +1132,8 @@ const HEDGE_BUDGET: f64 = 0.05;
 const HEDGE_MIN_SAMPLES: u64 = 20;
 /// How often a request started before the latency estimate existed checks for it.
 const HEDGE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the controller hears of the bytes moving (see [`Engine::progress`]).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Target duration of one ranged GET of a download (see [`Engine::range_size`]).
 const RANGE_SECS: f64 = 1.0;
 /// Ranged GETs of a download before any request has been measured.

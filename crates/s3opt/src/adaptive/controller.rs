@@ -6,13 +6,15 @@
 //!   bandwidth x min latency; a congestion signal (503 SlowDown, or timeouts and resets
 //!   more often than 1 in 50 requests: an odd one is random loss) cuts the window
 //!   CUBIC-style (x0.7), and CUBIC growth caps it until it is back at the model's. When
-//!   the path slows down (the delivered rate from [`Predictor`] is under 40% of the
-//!   model's bandwidth and requests queue), the model forgets the faster samples at once
-//!   instead of holding the old rate's window for up to 10 s.
+//!   the path slows down (the delivered rate from [`Predictor`], fed with the bytes
+//!   requests move as they stream, is under half the model's bandwidth while requests
+//!   queue), the model forgets the faster samples at once instead of holding the old
+//!   rate's window for up to 10 s. Completions alone would say so too late: where every
+//!   request takes 25 s, they are 25 s apart.
 //! - `bbr`, `cubic`: one algorithm alone. `fixed:N`: N, always.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -39,6 +41,10 @@ pub struct ControllerState {
 pub trait Controller: Send + std::fmt::Debug {
     /// Feeds one finished request attempt.
     fn on_sample(&mut self, s: &Sample);
+    /// Bytes moved so far by all requests, counted as they stream (`moved`), with
+    /// `in_flight` requests under way at `now`; called a few times a second while requests
+    /// run. Only `auto` uses it.
+    fn on_progress(&mut self, _now: Instant, _moved: u64, _in_flight: usize) {}
     /// Requests that should be in flight now (at least 1).
     fn window(&self) -> usize;
     /// Current state.
@@ -83,6 +89,8 @@ impl ControllerKind {
                 rtt: RttEstimator::default(),
                 loss: LossFilter::default(),
                 max,
+                moved: 0,
+                slow_since: None,
             }),
             Self::Bbr => Box::new(BbrOnly(Bbr::new(initial, max))),
             Self::Cubic => Box::new(CubicOnly { cubic: Cubic::new(initial, max), rtt: RttEstimator::default() }),
@@ -121,16 +129,18 @@ struct Auto {
     rtt: RttEstimator,
     loss: LossFilter,
     max: f64,
+    /// Bytes moved as of the last [`Controller::on_progress`].
+    moved: u64,
+    /// Since when the progress has said "slowed" without a break.
+    slow_since: Option<Instant>,
 }
 
 impl Controller for Auto {
     fn on_sample(&mut self, s: &Sample) {
         if s.outcome == Outcome::Ok {
             self.rtt.on_sample(s.finished, s.bytes, s.latency(), s.retransmit);
-            self.predictor.on_completion(s.finished, s.bytes);
         }
         self.bbr.on_sample(s);
-        self.on_slowdown(s);
         let rtt = self.rtt.srtt().unwrap_or(Duration::from_millis(100));
         if self.loss.on_outcome(s.outcome) {
             let current = self.cap.as_ref().map_or(self.bbr.window(), |c| c.window().min(self.bbr.window()));
@@ -143,6 +153,38 @@ impl Controller for Auto {
             if cap.window() >= self.bbr.window() {
                 self.cap = None;
             }
+        }
+    }
+
+    /// The path has slowed when the delivered rate (the forecast's level, not its trend:
+    /// a falling trend extrapolated would feed on the cut it causes) has been under half
+    /// the model's bandwidth for [`SLOW_FOR`] while requests queue: by Little's law, the
+    /// mean time a request spends in flight at that rate is over 1.5x the minimum latency.
+    /// The model then comes down to the rate, but by at most half per step: a flow that
+    /// has just joined the link may take more than half of it for a while, and must not be
+    /// given more than half for good. A drop to a quarter takes two steps.
+    fn on_progress(&mut self, now: Instant, moved: u64, in_flight: usize) {
+        self.predictor.on_bytes(now, moved.saturating_sub(self.moved));
+        self.moved = moved;
+        let (Some(rate), Some(min)) = (self.predictor.forecast(0.0), self.bbr.typical_latency()) else {
+            return;
+        };
+        let time_in_flight = in_flight as f64 * self.bbr.request_bytes() / rate.max(1.0);
+        let bandwidth = self.bbr.bandwidth();
+        // ProbeRTT sends less on purpose. A rate of nothing at all is a stall, which
+        // hedging and range splitting answer; the window is left alone.
+        let slowed = self.bbr.mode() != crate::network::bbr::Mode::ProbeRtt
+            && rate > 0.0
+            && rate < SLOWDOWN * bandwidth
+            && time_in_flight > 1.5 * min;
+        if !slowed {
+            self.slow_since = None;
+            return;
+        }
+        let since = *self.slow_since.get_or_insert(now);
+        if now.duration_since(since) >= SLOW_FOR {
+            self.bbr.path_slowed(rate.max(SLOWDOWN * bandwidth), now);
+            self.slow_since = None;
         }
     }
 
@@ -163,35 +205,14 @@ impl Controller for Auto {
     }
 }
 
-/// A delivered rate under this share of the model's bandwidth, with requests queueing, means
-/// the path slowed. Under a half, so that a second flow sharing the link (which halves
-/// the rate too) is left to the model's fair probing.
-const SLOWDOWN: f64 = 0.4;
+/// A delivered rate under this share of the model's bandwidth, with requests queueing,
+/// means the path slowed (see [`Auto::on_progress`]); the model then comes down by at
+/// most this factor per step.
+const SLOWDOWN: f64 = 0.5;
 
-impl Auto {
-    /// The path has slowed when the delivered rate (the forecast's level, not its trend:
-    /// a falling trend extrapolated would feed on the cut it causes) is under 40% of the
-    /// model's bandwidth while requests queue: the smoothed latency and the latest
-    /// request's (`s`) both above 1.5x the minimum. The model then forgets the faster
-    /// samples at once instead of holding the old rate's window for up to 10 s. Both
-    /// latencies, because the rate and the smoothed latency lag: at the end of an emulated
-    /// shifting download, just after the bottleneck came back from 10 to 40 MB/s, they
-    /// still said "slow and queued" while the last requests took 0.6 s, and the window
-    /// fell to 2 for the last 3 s.
-    fn on_slowdown(&mut self, s: &Sample) {
-        if self.bbr.mode() != crate::network::bbr::Mode::ProbeBw || s.outcome != Outcome::Ok {
-            return;
-        }
-        let (Some(rate), Some(srtt), Some(min)) = (self.predictor.forecast(0.0), self.rtt.srtt(), self.bbr.min_rtt())
-        else {
-            return;
-        };
-        let queued = |latency: Duration| latency.as_secs_f64() > 1.5 * min.as_secs_f64();
-        if rate < SLOWDOWN * self.bbr.bandwidth() && queued(srtt) && queued(s.latency()) {
-            self.bbr.lower_bandwidth(rate);
-        }
-    }
-}
+/// How long the rate must say "slowed" before the model believes it (a burst of new
+/// requests waiting on their first bytes dents the rate for a moment).
+const SLOW_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct BbrOnly(Bbr);
@@ -270,8 +291,6 @@ impl Controller for Fixed {
 mod tests {
     use super::*;
     use crate::network::sim::{Link, Sim};
-    use crate::network::{Op, Outcome, Sample};
-    use std::time::Instant;
 
     const MB: f64 = 1e6;
 
@@ -355,55 +374,6 @@ mod tests {
         assert!(x + y >= 0.9 * 40.0 * MB, "together they fill the link: {:.1}", (x + y) / MB);
     }
 
-    /// The client's delivered count over time, as the engine keeps it for its samples.
-    struct Deliveries {
-        now: Instant,
-        delivered: u64,
-        history: Vec<(Instant, u64)>,
-    }
-
-    /// Feeds `n` successful requests of `bytes`, one every `every`, each taking `latency`.
-    fn feed(c: &mut dyn Controller, d: &mut Deliveries, n: usize, bytes: u64, every: Duration, latency: Duration) {
-        for _ in 0..n {
-            d.now += every;
-            let started = d.now - latency;
-            let (at, before) = d.history.iter().rev().find(|(t, _)| *t <= started).copied().unwrap_or((started, 0));
-            d.delivered += bytes;
-            d.history.push((d.now, d.delivered));
-            c.on_sample(&Sample {
-                op: Op::GetObject,
-                bytes,
-                started,
-                finished: d.now,
-                outcome: Outcome::Ok,
-                retransmit: false,
-                delivered_at_start: before,
-                delivered_time_at_start: at,
-                delivered_at_end: d.delivered,
-            });
-        }
-    }
-
-    #[test]
-    fn fast_requests_after_a_slow_phase_are_not_taken_for_a_slowdown() {
-        // As at the end of the emulated shifting download: the model learned 40 MB/s with
-        // an inflated minimum latency (7 s, every request queued behind the others), the
-        // path ran at 10 MB/s (no slowdown seen: the latency did not grow past 1.5x that
-        // minimum), then the last requests came back in 0.6 s. The delivered rate and the
-        // smoothed latency still say "slow and queued"; the newest requests do not.
-        let mut c = ControllerKind::Auto.build(64, 128);
-        let mut clock = Deliveries { now: Instant::now(), delivered: 0, history: Vec::new() };
-        let (mib, s) = (1u64 << 20, Duration::from_secs(7));
-        feed(&mut *c, &mut clock, 1600, mib, Duration::from_millis(26), s);
-        assert_eq!(c.state().mode, "probe_bw", "{:?}", c.state());
-        feed(&mut *c, &mut clock, 80, mib, Duration::from_millis(105), s);
-        let before = c.window();
-        feed(&mut *c, &mut clock, 6, mib, Duration::from_millis(105), Duration::from_millis(600));
-        let state = c.state();
-        assert!(state.bandwidth_mbps > 30.0, "the model forgot its bandwidth: {state:?} (window {before} before)");
-        assert!(c.window() >= 10, "window {} after the fast requests ({before} before): {state:?}", c.window());
-    }
-
     #[test]
     fn a_step_change_in_bandwidth_is_tracked_within_seconds() {
         let link = Link { bandwidth: 40.0 * MB, per_conn: 2.0 * MB, rtt: Duration::from_millis(60), ..Link::default() };
@@ -431,6 +401,33 @@ mod tests {
         assert!(back >= 0.8 * ideal(40.0 * MB), "window {back:.1} after recovery, BDP {:.1}", ideal(40.0 * MB));
         // Known gap: after a rise, the estimate settles about 10% under the new rate.
         assert!(sim.throughput(f, 70, 90) >= 0.85 * 40.0 * MB, "{:.1}", sim.throughput(f, 70, 90) / MB);
+    }
+
+    #[test]
+    fn a_drop_is_seen_in_the_bytes_moving_before_any_request_finishes() {
+        // The emulated shifting upload: 5 MiB parts, as many in flight as the memory budget
+        // holds (51), 40 MB/s shared and 2 MB/s per connection, 10 MB/s from 20 s. At
+        // 10 MB/s the 51 parts under way take 27 s each: no completion says anything until
+        // about 45 s, but the bytes they move do.
+        let link = Link { bandwidth: 40.0 * MB, per_conn: 2.0 * MB, rtt: Duration::from_millis(60), ..Link::default() };
+        let mut sim = Sim::new(link, 6);
+        let f = sim.add_flow(ControllerKind::Auto.build(64, 51), 5 << 20, Duration::ZERO);
+        // The drop comes just after a round of parts has finished (as at 20.2 s in the
+        // emulated run), so the next round is all under way at the slower rate.
+        sim.run(Duration::from_secs(15));
+        let mut finished = sim.finished(f);
+        while sim.finished(f) == finished {
+            sim.run(Duration::from_millis(100));
+        }
+        sim.run(Duration::from_millis(500));
+        finished = sim.finished(f);
+        let before = sim.state(f).window;
+        sim.link_mut().bandwidth = 10.0 * MB;
+        sim.run(Duration::from_secs(6));
+        let after = sim.state(f);
+        assert_eq!(sim.finished(f), finished, "a request finished after the drop: {after:?}");
+        assert!(after.window * 2 <= before, "window {before} before the drop, 6 s after {after:?}");
+        assert!(after.bandwidth_mbps <= 20.0, "{after:?}");
     }
 
     #[test]

@@ -44,6 +44,11 @@ impl Monitor {
     pub fn on_completion(&mut self, now: Instant, bytes: u64) {
         self.completions.push_back((now, bytes));
         self.in_window += bytes;
+        self.forget_before(now);
+    }
+
+    /// Drops completions more than [`RATE_WINDOW`] before `now`.
+    fn forget_before(&mut self, now: Instant) {
         while let Some(&(t, b)) = self.completions.front() {
             if now.duration_since(t) <= RATE_WINDOW {
                 break;
@@ -53,7 +58,8 @@ impl Monitor {
         }
     }
 
-    /// Bytes per second completed over the last second (as of the last completion).
+    /// Bytes per second completed over the last second (as of the last completion or
+    /// timeline point).
     pub fn rate(&self) -> f64 {
         self.in_window as f64 / RATE_WINDOW.as_secs_f64()
     }
@@ -70,6 +76,7 @@ impl Monitor {
             return;
         }
         self.last_point = Some(now);
+        self.forget_before(now);
         self.timeline.push(TimelinePoint {
             t: now.duration_since(self.started).as_secs_f64(),
             mbps: self.rate() / 1e6,
@@ -91,6 +98,7 @@ mod tests {
 
     #[test]
     fn rate_covers_the_last_second_only() {
+        let fixed = crate::adaptive::controller::ControllerKind::Fixed(1).build(1, 1);
         let t0 = Instant::now();
         let mut m = Monitor::new(t0);
         m.on_completion(t0, 5_000_000);
@@ -98,5 +106,12 @@ mod tests {
         assert_eq!(m.rate(), 10e6);
         m.on_completion(t0 + Duration::from_millis(1400), 1_000_000);
         assert_eq!(m.rate(), 6e6, "the first completion left the window");
+        // A point taken between completions (the controller hears of progress) sees the
+        // window as of its own time.
+        m.maybe_record(t0 + Duration::from_millis(2000), 1, 1, || fixed.state());
+        assert_eq!(m.rate(), 1e6);
+        m.maybe_record(t0 + Duration::from_millis(2500), 1, 1, || fixed.state());
+        assert_eq!(m.rate(), 0.0);
+        assert_eq!(m.timeline().iter().map(|p| p.mbps).collect::<Vec<_>>(), [1.0, 0.0]);
     }
 }

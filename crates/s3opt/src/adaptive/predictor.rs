@@ -1,5 +1,5 @@
 //! A trend forecast of the delivered rate: Holt's linear exponential smoothing (a level and
-//! a trend) over one-second totals of completed bytes. Time comes from the samples, so it
+//! a trend) over one-second totals of the bytes requests move as they stream. Time comes from the samples, so it
 //! runs the same in virtual time. The `auto` controller compares its level (the smoothed
 //! delivered rate) with the BBR model's bandwidth to see that the path has slowed (see
 //! [`super::controller`]); `forecast_mbps` in the controller state shows it.
@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 /// Weight of the newest second in the level: about a 3 s memory, enough to smooth the
-/// bursts of large requests completing (a 5 MiB part at a time) yet follow a drop in a
-/// few seconds.
+/// dips and bursts of bytes in flight (new requests waiting on their first bytes, socket
+/// buffers filling) yet follow a drop in a few seconds.
 const ALPHA: f64 = 0.35;
 /// Weight of the newest change in the trend.
 const BETA: f64 = 0.2;
@@ -30,8 +30,8 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    /// Records `bytes` completed at `at`.
-    pub fn on_completion(&mut self, at: Instant, bytes: u64) {
+    /// Records `bytes` moved by `at`.
+    pub fn on_bytes(&mut self, at: Instant, bytes: u64) {
         let start = *self.start.get_or_insert(at);
         let second = at.saturating_duration_since(start).as_secs();
         if second > self.second + MAX_GAP_SECONDS {
@@ -74,7 +74,7 @@ mod tests {
 
     fn feed(p: &mut Predictor, t0: Instant, from_ms: u64, to_ms: u64, every_ms: u64, bytes: u64) {
         for ms in (from_ms..to_ms).step_by(every_ms as usize) {
-            p.on_completion(t0 + Duration::from_millis(ms), bytes);
+            p.on_bytes(t0 + Duration::from_millis(ms), bytes);
         }
     }
 
@@ -94,15 +94,15 @@ mod tests {
         feed(&mut p, t0, 0, 20_000, 125, 5_000_000);
         // 40 -> 10 MB/s at 20 s.
         feed(&mut p, t0, 20_000, 24_000, 500, 5_000_000);
-        p.on_completion(t0 + Duration::from_millis(24_000), 0);
+        p.on_bytes(t0 + Duration::from_millis(24_000), 0);
         let f = p.forecast(2.0).unwrap();
         assert!(f < 20e6, "4 s after the drop the forecast is {:.1} MB/s", f / 1e6);
         // A ramp: +2 MB/s every second; the forecast looks ahead of the last second.
         let mut ramp = Predictor::default();
         for s in 0..15u64 {
-            ramp.on_completion(t0 + Duration::from_secs(s), (10 + 2 * s) * 1_000_000);
+            ramp.on_bytes(t0 + Duration::from_secs(s), (10 + 2 * s) * 1_000_000);
         }
-        ramp.on_completion(t0 + Duration::from_secs(15), 0);
+        ramp.on_bytes(t0 + Duration::from_secs(15), 0);
         let (now, ahead) = (ramp.forecast(0.0).unwrap(), ramp.forecast(3.0).unwrap());
         assert!(ahead > now + 4e6, "trend carried forward: {:.1} -> {:.1} MB/s", now / 1e6, ahead / 1e6);
     }
@@ -112,9 +112,9 @@ mod tests {
         let (t0, mut p) = (Instant::now(), Predictor::default());
         feed(&mut p, t0, 0, 6_000, 100, 1_000_000);
         assert!(p.forecast(0.0).unwrap() > 8e6);
-        p.on_completion(t0 + Duration::from_secs(10), 0);
+        p.on_bytes(t0 + Duration::from_secs(10), 0);
         assert!(p.forecast(0.0).unwrap() < 5e6, "four silent seconds pull the level down");
-        p.on_completion(t0 + Duration::from_secs(100), 1_000_000);
+        p.on_bytes(t0 + Duration::from_secs(100), 1_000_000);
         assert_eq!(p.forecast(0.0), None, "after a long idle nothing is assumed");
     }
 }

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::tcp::CongestionConnector;
 use super::warm::{Warm, WarmConnector};
+use super::wire::WireMeter;
 
 /// How long an idle pooled connection is kept.
 const IDLE_POOLED: Duration = Duration::from_secs(90);
@@ -49,19 +50,20 @@ pub fn tuned_http_client(
     pool: usize,
     connect_timeout: Duration,
     first_byte: Duration,
-) -> Result<(SharedHttpClient, Arc<Warm>), String> {
+) -> Result<(SharedHttpClient, Arc<Warm>, Arc<WireMeter>), String> {
     let mut tcp = TcpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
-    let https = https_over(CongestionConnector::new(tcp, algorithm))?;
+    let meter = Arc::new(WireMeter::default());
+    let https = https_over(CongestionConnector::new(tcp, algorithm, meter.clone()))?;
     let warm = Warm::new(https.clone());
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(pool)
         .pool_idle_timeout(IDLE_POOLED)
         .pool_timer(TokioTimer::new())
         .build(WarmConnector { inner: https, warm: warm.clone() });
-    Ok((SharedHttpClient::new(Tuned { client, warm: warm.clone(), first_byte }), warm))
+    Ok((SharedHttpClient::new(Tuned { client, warm: warm.clone(), first_byte }), warm, meter))
 }
 
 /// TLS (rustls, the system's roots) or plain HTTP/1.1 over `tcp`.

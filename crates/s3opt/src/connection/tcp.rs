@@ -1,6 +1,7 @@
 //! TCP connections, optionally with a chosen congestion control: hyper's connector, then
 //! `setsockopt(TCP_CONGESTION)` on each new socket (Linux; the kernel's list of
-//! algorithms is in `/proc/sys/net/ipv4/tcp_available_congestion_control`).
+//! algorithms is in `/proc/sys/net/ipv4/tcp_available_congestion_control`), each counted
+//! by the client's [`WireMeter`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +10,8 @@ use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
+use super::wire::{Metered, WireMeter};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,22 +37,23 @@ pub fn check(name: &str) -> Result<(), String> {
 }
 
 /// hyper's TCP connector, setting the congestion control of every connection it opens
-/// (when one is chosen; else the kernel's default stays).
+/// (when one is chosen; else the kernel's default stays) and counting it on `meter`.
 #[derive(Clone, Debug)]
 pub struct CongestionConnector {
     inner: HttpConnector,
     algorithm: Option<Arc<str>>,
+    meter: Arc<WireMeter>,
 }
 
 impl CongestionConnector {
     /// Wraps `inner` (which must accept `https` URIs when TLS goes on top).
-    pub fn new(inner: HttpConnector, algorithm: Option<&str>) -> Self {
-        Self { inner, algorithm: algorithm.map(Into::into) }
+    pub fn new(inner: HttpConnector, algorithm: Option<&str>, meter: Arc<WireMeter>) -> Self {
+        Self { inner, algorithm: algorithm.map(Into::into), meter }
     }
 }
 
 impl tower_service::Service<http::Uri> for CongestionConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = Metered;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -60,13 +63,13 @@ impl tower_service::Service<http::Uri> for CongestionConnector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
-        let algorithm = self.algorithm.clone();
+        let (algorithm, meter) = (self.algorithm.clone(), self.meter.clone());
         Box::pin(async move {
-            let io = connecting.await?;
+            let io: TokioIo<tokio::net::TcpStream> = connecting.await?;
             if let Some(algorithm) = algorithm {
                 socket2::SockRef::from(io.inner()).set_tcp_congestion(algorithm.as_bytes())?;
             }
-            Ok(io)
+            Ok(meter.track(io))
         })
     }
 }
@@ -82,10 +85,10 @@ mod tests {
         check("reno").expect("reno is always there");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
-        let mut connector = CongestionConnector::new(HttpConnector::new(), Some("reno"));
+        let mut connector = CongestionConnector::new(HttpConnector::new(), Some("reno"), Arc::default());
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.unwrap();
         let io = connector.call(uri).await.unwrap();
-        let set = socket2::SockRef::from(io.inner()).tcp_congestion().unwrap();
+        let set = socket2::SockRef::from(io.tcp()).tcp_congestion().unwrap();
         assert_eq!(String::from_utf8_lossy(&set).trim_end_matches('\0'), "reno");
     }
 

@@ -10,15 +10,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::tcp::CongestionConnector;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Https = HttpsConnector<CongestionConnector>;
-type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Conn = MaybeHttpsStream<super::wire::Metered>;
 
 /// A dialled connection older than this is not handed out: servers close idle connections
 /// (S3 after about 20 s), and a request on a closed one fails and is sent again.
@@ -192,7 +190,7 @@ mod tests {
     async fn a_connection_dialled_ahead_goes_to_a_request_for_its_endpoint_once() {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
-        let https = super::super::http::https_over(CongestionConnector::new(tcp, None)).unwrap();
+        let https = super::super::http::https_over(CongestionConnector::new(tcp, None, Default::default())).unwrap();
         let warm = Warm::new(https.clone());
         let mut connector = WarmConnector { inner: https, warm: warm.clone() };
         let (uri, accepted) = listener().await;

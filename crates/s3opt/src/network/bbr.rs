@@ -74,6 +74,9 @@ pub struct Bbr {
     reprobe: bool,
     /// Bandwidth estimate when the current 1.25 probe began.
     probe_start_bw: f64,
+    /// When [`Bbr::path_slowed`] last lowered the bandwidth: requests that started before
+    /// then moved part of their bytes at the old rate, and their rate samples would undo it.
+    slowed_at: Option<Instant>,
 }
 
 impl Bbr {
@@ -99,6 +102,7 @@ impl Bbr {
             probe_rtt_from: 0.0,
             reprobe: false,
             probe_start_bw: 0.0,
+            slowed_at: None,
         }
     }
 
@@ -149,6 +153,23 @@ impl Bbr {
         }
     }
 
+    /// The path is known to have slowed to `rate` (bytes moving while requests are in
+    /// flight say so before any of them completes): the bandwidth forgets faster samples,
+    /// and a Startup still under way ends, since the pipe is evidently full.
+    pub fn path_slowed(&mut self, rate: f64, now: Instant) {
+        self.lower_bandwidth(rate);
+        self.slowed_at = Some(now);
+        if self.mode == Mode::Startup {
+            self.filled = true;
+            self.enter(Mode::Drain, now);
+        }
+    }
+
+    /// The mean size of recent requests (bytes; 0 before the first).
+    pub fn request_bytes(&self) -> f64 {
+        self.request_bytes
+    }
+
     /// The steady-state window (gain 1): bandwidth x min latency / request size; `None`
     /// until a request has completed.
     pub fn bdp_window(&self) -> Option<f64> {
@@ -160,13 +181,13 @@ impl Bbr {
         }
     }
 
-    /// The minimum latency, scaled to a typical request. The minimum may come from a
+    /// The minimum latency (seconds), scaled to a typical request. The minimum may come from a
     /// request of half the typical size (the tail of a range), which on a path that limits
     /// each connection takes half as long: the window would come out half of what the path
     /// needs (a restore held at 20 of 40 MB/s). Scaled as if latency grew with size, it is
     /// at most twice too long where a round trip dominates instead, and the pool bounds
     /// what a larger window holds.
-    fn typical_latency(&self) -> Option<f64> {
+    pub fn typical_latency(&self) -> Option<f64> {
         let (_, rtt) = self.min_rtt?;
         let scale = if self.min_rtt_bytes > 0 { self.request_bytes / self.min_rtt_bytes as f64 } else { 1.0 };
         Some(rtt * scale.clamp(1.0, 2.0))
@@ -189,7 +210,10 @@ impl Bbr {
             self.round_start = Some(now);
         }
         let interval = now.duration_since(s.delivered_time_at_start).as_secs_f64().max(latency);
-        let rate = s.delivered_at_end.saturating_sub(s.delivered_at_start) as f64 / interval;
+        let mut rate = s.delivered_at_end.saturating_sub(s.delivered_at_start) as f64 / interval;
+        if self.slowed_at.is_some_and(|t| s.started < t) {
+            rate = rate.min(self.bandwidth());
+        }
         self.bw.push_back((self.round, now, rate));
         while self
             .bw

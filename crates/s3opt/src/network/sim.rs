@@ -1,7 +1,9 @@
 //! A simulated link in virtual time, for controller tests: a shared bottleneck divided
 //! equally among transferring requests (processor sharing), each also capped at a
 //! per-connection rate, a round-trip delay before each request's data flows, an optional
-//! request-rate limit answered with throttling, and random resets.
+//! request-rate limit answered with throttling, and random resets. Controllers hear of
+//! every finished request and, every [`PROGRESS_EVERY`], of the bytes moved so far, as the
+//! client tells them.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,9 @@ use rand::{Rng, SeedableRng};
 
 use super::{Op, Outcome, Sample};
 use crate::adaptive::controller::Controller;
+
+/// How often flows report their progress (the client's cadence).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// The link. Rates in bytes/s; `per_conn` 0 means uncapped.
 #[derive(Debug, Clone)]
@@ -53,6 +58,9 @@ struct Flow {
     active: Vec<Req>,
     delivered: u64,
     delivered_time: Instant,
+    /// Bytes moved by all requests so far, finished or not.
+    moved: f64,
+    finished: u64,
     seconds: Vec<Second>,
 }
 
@@ -97,6 +105,8 @@ impl Sim {
             active: Vec::new(),
             delivered: 0,
             delivered_time,
+            moved: 0.0,
+            finished: 0,
             seconds: Vec::new(),
         });
         self.flows.len() - 1
@@ -189,6 +199,7 @@ impl Sim {
                 }
                 None => true,
             });
+            flow.finished += done.len() as u64;
             for (started, delivered_at_start, delivered_time_at_start, outcome) in done {
                 if outcome == Outcome::Ok {
                     flow.delivered += flow.part;
@@ -207,6 +218,12 @@ impl Sim {
                 };
                 flow.ctl.on_sample(&sample);
             }
+            flow.moved += moved;
+            let ticks = |t: Instant| t.duration_since(self.t0).as_nanos() / PROGRESS_EVERY.as_nanos();
+            if ticks(now + self.dt) > ticks(now) {
+                let (total, in_flight) = (flow.moved as u64, flow.active.len());
+                flow.ctl.on_progress(now, total, in_flight);
+            }
             let window = self.flows[f].ctl.window() as f64;
             let sec = self.second(f);
             sec.bytes += moved;
@@ -219,6 +236,16 @@ impl Sim {
     fn span(&self, f: usize, from: u64, to: u64) -> &[Second] {
         let secs = &self.flows[f].seconds;
         &secs[(from as usize).min(secs.len())..(to as usize).min(secs.len())]
+    }
+
+    /// The controller's state of flow `f` now.
+    pub fn state(&self, f: usize) -> crate::adaptive::controller::ControllerState {
+        self.flows[f].ctl.state()
+    }
+
+    /// Requests of flow `f` that have finished, successfully or not.
+    pub fn finished(&self, f: usize) -> u64 {
+        self.flows[f].finished
     }
 
     /// Mean window of each second in `[from, to)`.

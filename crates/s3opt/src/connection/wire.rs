@@ -1,0 +1,175 @@
+//! What the client's connections have moved, as the kernel counts it: for every open
+//! socket, the bytes the far end acknowledged plus the bytes received (`TCP_INFO`), and
+//! the totals of sockets already closed. Unlike the bytes a client hands to its sockets,
+//! this is progress on the path: an upload's bodies vanish into send buffers of up to
+//! 4 MiB per connection, most of a round of parts at once.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The client's connections and their counts.
+#[derive(Debug, Default)]
+pub struct WireMeter {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next: u64,
+    open: HashMap<u64, RawFd>,
+    /// Bytes moved by connections since closed.
+    closed: u64,
+}
+
+impl WireMeter {
+    /// Bytes acknowledged and received over all connections so far (never decreases,
+    /// except where the kernel cannot say: then a socket counts as nothing).
+    pub fn total(&self) -> u64 {
+        // The lock is held while reading: a socket is removed, under it, before it closes.
+        let state = self.state.lock().expect("wire meter lock");
+        state.closed + state.open.values().map(|&fd| moved(fd)).sum::<u64>()
+    }
+
+    /// Counts `io` from now until it is dropped.
+    pub fn track(self: &Arc<Self>, io: TokioIo<TcpStream>) -> Metered {
+        let mut state = self.state.lock().expect("wire meter lock");
+        let id = state.next;
+        state.next += 1;
+        state.open.insert(id, io.inner().as_raw_fd());
+        Metered { io, id, meter: self.clone() }
+    }
+
+    fn close(&self, id: u64) {
+        let mut state = self.state.lock().expect("wire meter lock");
+        if let Some(fd) = state.open.remove(&id) {
+            state.closed += moved(fd);
+        }
+    }
+}
+
+/// Bytes the peer acknowledged plus bytes received on socket `fd` (0 if the kernel does
+/// not say).
+#[cfg(target_os = "linux")]
+fn moved(fd: RawFd) -> u64 {
+    // SAFETY: `tcp_info` is plain data, and getsockopt writes at most `len` bytes of it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
+        if rc != 0 {
+            return 0;
+        }
+        info.tcpi_bytes_acked + info.tcpi_bytes_received
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn moved(_: RawFd) -> u64 {
+    0
+}
+
+/// A connection counted by a [`WireMeter`] until it is dropped.
+pub struct Metered {
+    io: TokioIo<TcpStream>,
+    id: u64,
+    meter: Arc<WireMeter>,
+}
+
+impl Metered {
+    /// The socket.
+    pub fn tcp(&self) -> &TcpStream {
+        self.io.inner()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The socket is still open here: its fields are dropped after this.
+        self.meter.close(self.id);
+    }
+}
+
+impl Connection for Metered {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl hyper::rt::Read for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Metered {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn counts_what_the_peer_acknowledged_and_what_arrived_including_closed_sockets() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = vec![0u8; 300_000];
+            s.read_exact(&mut got).await.unwrap();
+            s.write_all(&[7u8; 50_000]).await.unwrap();
+            s.flush().await.unwrap();
+        });
+        let meter = Arc::new(WireMeter::default());
+        let mut io = meter.track(TokioIo::new(TcpStream::connect(addr).await.unwrap()));
+        // (Linux counts the SYN as one byte acknowledged.)
+        let base = meter.total();
+        assert!(base <= 1, "{base}");
+        let (mut r, mut w) = tokio::io::split(TokioIo::new(&mut io));
+        w.write_all(&[1u8; 300_000]).await.unwrap();
+        let mut back = vec![0u8; 50_000];
+        r.read_exact(&mut back).await.unwrap();
+        server.await.unwrap();
+        // The server read all 300 kB before answering, so all of it was acknowledged.
+        // (And the peer's FIN as one byte received.)
+        let moved = meter.total() - base;
+        assert!((350_000..=350_001).contains(&moved), "{moved}");
+        drop((r, w));
+        drop(io);
+        assert_eq!(meter.total() - base, moved, "a closed connection's bytes still count");
+    }
+}
