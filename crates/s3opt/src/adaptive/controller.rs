@@ -171,12 +171,10 @@ impl Controller for Auto {
         };
         let time_in_flight = in_flight as f64 * self.bbr.request_bytes() / rate.max(1.0);
         let bandwidth = self.bbr.bandwidth();
-        // ProbeRTT sends less on purpose. A rate of nothing at all is a stall, which
-        // hedging and range splitting answer; the window is left alone.
-        let slowed = self.bbr.mode() != crate::network::bbr::Mode::ProbeRtt
-            && rate > 0.0
-            && rate < SLOWDOWN * bandwidth
-            && time_in_flight > 1.5 * min;
+        // In any mode: where ProbeRTT's smaller window lowers the rate, requests stop
+        // queueing, and the time in flight says so. A rate of nothing at all is a stall,
+        // which hedging and range splitting answer; the window is left alone.
+        let slowed = rate > 0.0 && rate < SLOWDOWN * bandwidth && time_in_flight > 1.5 * min;
         if !slowed {
             self.slow_since = None;
             return;
