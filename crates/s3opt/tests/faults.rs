@@ -278,6 +278,28 @@ async fn a_download_to_a_file_does_not_wait_out_a_range_stalled_at_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_body_takes_longer_than_the_idle_timeout_is_not_abandoned() {
+    // 1 MB/s per connection: a 4 MiB object as one PutObject takes 4.2 s to send, twice
+    // the 2 s the client waits in silence. Its body moves all along, so it is not silence.
+    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 1.0";
+    let (_d, _s, _emu, client) = via_emulator_with(scenario, |cfg| {
+        cfg.controller = s3opt::ControllerKind::Fixed(1);
+        cfg.part_size = 8 * MIB;
+        cfg.idle_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let src = data(4 * MIB as usize, 12);
+    let started = std::time::Instant::now();
+    client.put_object(BUCKET, "slow.bin", &src[..], PutOptions::default()).await.unwrap();
+    assert!(started.elapsed().as_secs_f64() > 3.0, "the path was not slow: {:?}", started.elapsed());
+    let m = client.metrics();
+    assert_eq!(m.retries, 0, "{:?}", m.errors);
+    let mut out = Vec::new();
+    client.get_object(BUCKET, "slow.bin", &mut out).await.unwrap();
+    assert!(out == src, "the object differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_longer_than_a_download_range_is_split_even_when_it_fits_in_a_part() {
     // 4 MB/s per connection: a 6 MiB read as one GET takes 1.6 s, as 2 MiB ranges (the
     // first range size, before any request is measured; then about a second of one

@@ -31,6 +31,7 @@ const IDLE_POOLED: Duration = Duration::from_secs(90);
 struct Tuned {
     client: Client<WarmConnector, SdkBody>,
     warm: Arc<Warm>,
+    wire: Arc<WireMeter>,
     first_byte: Duration,
 }
 
@@ -44,7 +45,9 @@ impl std::fmt::Debug for Tuned {
 /// one is given (checked beforehand with [`super::tcp::check`]), keeping up to `pool` idle
 /// connections per endpoint (the most requests the window may put in flight), connecting
 /// within `connect_timeout` and giving up on a response whose headers take longer than
-/// `first_byte`; with the handle that dials its connections ahead.
+/// `first_byte` (for a request with a body: longer than `first_byte` with nothing moving
+/// on any of the client's connections); with the handle that dials its connections ahead and the meter of what its
+/// connections moved.
 pub fn tuned_http_client(
     algorithm: Option<&str>,
     pool: usize,
@@ -63,7 +66,7 @@ pub fn tuned_http_client(
         .pool_idle_timeout(IDLE_POOLED)
         .pool_timer(TokioTimer::new())
         .build(WarmConnector { inner: https, warm: warm.clone() });
-    Ok((SharedHttpClient::new(Tuned { client, warm: warm.clone(), first_byte }), warm, meter))
+    Ok((SharedHttpClient::new(Tuned { client, warm: warm.clone(), wire: meter.clone(), first_byte }), warm, meter))
 }
 
 /// TLS (rustls, the system's roots) or plain HTTP/1.1 over `tcp`.
@@ -89,13 +92,27 @@ impl HttpConnector for Tuned {
             Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
         };
         self.warm.saw(request.uri());
-        let (sending, limit) = (self.client.request(request), self.first_byte);
+        // An upload's response comes only once its body has crossed the path, which on a
+        // slow one takes longer than the limit (52 parts sharing 10 MB/s: 27 s each). So
+        // while a request with a body waits, the limit restarts whenever the client's
+        // connections have moved bytes since it last ran out; it runs out for good once
+        // they all stand still. (What this body handed to its socket says nothing: the
+        // kernel's send buffer takes megabytes at once.)
+        let has_body = request.body().content_length() != Some(0);
+        let (sending, limit, wire) = (self.client.request(request), self.first_byte, self.wire.clone());
         HttpConnectorFuture::new(async move {
-            match tokio::time::timeout(limit, sending).await {
-                Err(elapsed) => Err(ConnectorError::timeout(elapsed.into())),
-                Ok(Err(e)) => Err(classify(e)),
-                Ok(Ok(response)) => HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
-                    .map_err(|e| ConnectorError::other(e.into(), None)),
+            tokio::pin!(sending);
+            let mut moved = wire.total();
+            loop {
+                match tokio::time::timeout(limit, &mut sending).await {
+                    Err(_) if has_body && wire.total() != moved => moved = wire.total(),
+                    Err(elapsed) => return Err(ConnectorError::timeout(elapsed.into())),
+                    Ok(Err(e)) => return Err(classify(e)),
+                    Ok(Ok(response)) => {
+                        return HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
+                            .map_err(|e| ConnectorError::other(e.into(), None));
+                    }
+                }
             }
         })
     }
