@@ -244,6 +244,14 @@ impl OptimizedS3Client {
             .http_client(http)
             .region(region.clone())
             .force_path_style(path_style)
+            // The SDK's stalled-upload check fails a body that the connection has not taken
+            // from for 5 s, which is what a full socket send buffer does on a slow path (52
+            // parts sharing 10 MB/s: 5 retries in a shifting upload). The client's own
+            // checks cover uploads: the connector's limit (while nothing moves on any
+            // connection) and hedging of stragglers.
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled().upload_enabled(false).build(),
+            )
             // We compute and verify checksums ourselves (CRC64NVME per part and per object).
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
