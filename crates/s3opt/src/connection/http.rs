@@ -46,8 +46,8 @@ impl std::fmt::Debug for Tuned {
 /// connections per endpoint (the most requests the window may put in flight), connecting
 /// within `connect_timeout` and giving up on a response whose headers take longer than
 /// `first_byte` (for a request with a body: longer than `first_byte` with nothing moving
-/// on any of the client's connections); with the handle that dials its connections ahead and the meter of what its
-/// connections moved.
+/// on any of the client's connections); with the handle that dials its connections ahead
+/// and the meter of what its connections moved.
 pub fn tuned_http_client(
     algorithm: Option<&str>,
     pool: usize,
@@ -105,8 +105,13 @@ impl HttpConnector for Tuned {
             let mut moved = wire.total();
             loop {
                 match tokio::time::timeout(limit, &mut sending).await {
-                    Err(_) if has_body && wire.total() != moved => moved = wire.total(),
-                    Err(elapsed) => return Err(ConnectorError::timeout(elapsed.into())),
+                    Err(elapsed) => {
+                        let now = wire.total();
+                        if !has_body || now == moved {
+                            return Err(ConnectorError::timeout(elapsed.into()));
+                        }
+                        moved = now;
+                    }
                     Ok(Err(e)) => return Err(classify(e)),
                     Ok(Ok(response)) => {
                         return HttpResponse::try_from(response.map(SdkBody::from_body_1_x))

@@ -143,21 +143,15 @@ impl Bbr {
         w.clamp(1.0, self.max_window)
     }
 
-    /// Forgets bandwidth samples above `rate`: the path is known to have slowed (the caller
-    /// has seen the delivered rate fall and requests queue), so the windowed maximum must
-    /// not keep the old rate's window for the rest of its 10 s. ProbeBW then probes up from
-    /// `rate` as usual.
-    pub fn lower_bandwidth(&mut self, rate: f64) {
+    /// The path is known to have slowed to `rate` (bytes moving while requests are in
+    /// flight say so before any of them completes): bandwidth samples above `rate` are
+    /// forgotten, so the windowed maximum does not keep the old rate's window for the rest
+    /// of its 10 s (ProbeBW then probes up from `rate` as usual), and a Startup still under
+    /// way ends, since the pipe is evidently full.
+    pub fn path_slowed(&mut self, rate: f64, now: Instant) {
         for (_, _, r) in &mut self.bw {
             *r = r.min(rate);
         }
-    }
-
-    /// The path is known to have slowed to `rate` (bytes moving while requests are in
-    /// flight say so before any of them completes): the bandwidth forgets faster samples,
-    /// and a Startup still under way ends, since the pipe is evidently full.
-    pub fn path_slowed(&mut self, rate: f64, now: Instant) {
-        self.lower_bandwidth(rate);
         self.slowed_at = Some(now);
         if self.mode == Mode::Startup {
             self.filled = true;
