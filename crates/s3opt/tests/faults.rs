@@ -294,6 +294,10 @@ async fn an_upload_whose_body_takes_longer_than_the_idle_timeout_is_not_abandone
     assert!(started.elapsed().as_secs_f64() > 3.0, "the path was not slow: {:?}", started.elapsed());
     let m = client.metrics();
     assert_eq!(m.retries, 0, "{:?}", m.errors);
+    // The controller heard of the bytes moving while the one request ran (a point every
+    // 250 ms at most), not only of its end.
+    let points = client.timeline().len();
+    assert!(points >= 8, "{points} timeline points over a 4 s request");
     let mut out = Vec::new();
     client.get_object(BUCKET, "slow.bin", &mut out).await.unwrap();
     assert!(out == src, "the object differs");
