@@ -26,7 +26,8 @@ use crate::adaptive::monitor::{Monitor, TimelinePoint};
 use crate::adaptive::optimizer::part_size_for;
 use crate::adaptive::window::Window;
 use crate::config::{ClientConfig, MAX_PART_SIZE, MIN_PART_SIZE, SHORT_ROUND_TRIP};
-use crate::connection::{Warm, WireMeter};
+use crate::connection::wire::StallWatch;
+use crate::connection::{Attempt, Warm, WireMeter};
 use crate::error::{Error, Result};
 use crate::integrity::StoredChecksum;
 use crate::network::loss::{Outcome, classify_status};
@@ -821,7 +822,7 @@ impl Engine {
             if op == Op::GetObject && bytes > 0 {
                 self.pace(bytes).await;
             }
-            self.metrics.request_started();
+            self.metrics.request_started(windowed);
             let (delivered_at_start, delivered_time_at_start) = {
                 let mut c = self.control.lock().expect("control lock");
                 c.pristine &= !windowed;
@@ -832,9 +833,23 @@ impl Engine {
             let result = if !windowed {
                 attempt_fn().await
             } else {
-                let first = attempt_fn();
+                let attempt = Arc::new(Attempt::default());
+                let first = attempt.clone().scope(attempt_fn());
                 tokio::pin!(first);
+                let mut watch = Some(StallWatch::default());
                 loop {
+                    // Its connection stalled: it holds bytes the server has not taken
+                    // for a while. Nothing else tells a stall in the first round of a
+                    // lossy upload (52 parts of 5 MiB in flight, 6.8 s each) from the
+                    // others until they end; then the stalled part starts again alone,
+                    // 5 s behind.
+                    if watch.as_mut().is_some_and(|w| self.stalled(&attempt, w)) {
+                        if self.take_hedge() {
+                            tracing::debug!(op = op.name(), "hedging a request whose connection stalled");
+                            break race(first, attempt_fn()).await;
+                        }
+                        watch = None;
+                    }
                     // The request is late past the hedge threshold. Until the client has
                     // latency samples there is none: the first round of a run (60 pieces
                     // of a small tree all start at once) is checked again as they arrive,
@@ -951,7 +966,15 @@ impl Engine {
         newest_done > started.duration_since(self.epoch).as_nanos() as u64 || self.window.in_use() <= 1
     }
 
-    /// Takes one hedge from the budget (5% of data requests).
+    /// Whether the connection under `attempt` has stalled for [`STALLED`] (never for a
+    /// client on the SDK's own HTTP client, whose sockets it cannot see).
+    fn stalled(&self, attempt: &Attempt, watch: &mut StallWatch) -> bool {
+        let Some(wire) = &self.wire else { return false };
+        let socket = attempt.socket().and_then(|id| wire.socket(id).map(|count| (id, count)));
+        watch.still_for(Instant::now(), socket) >= STALLED
+    }
+
+    /// Takes one hedge from the budget (5% of data requests, at least one).
     fn take_hedge(&self) -> bool {
         self.metrics.try_take_hedge(HEDGE_BUDGET)
     }
@@ -1140,6 +1163,11 @@ const HEDGE_BUDGET: f64 = 0.05;
 const HEDGE_MIN_SAMPLES: u64 = 20;
 /// How often a request started before the latency estimate existed checks for it.
 const HEDGE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a request's connection may hold unacknowledged bytes with nothing moving
+/// before the request is hedged: several of TCP's retransmission timeouts on a path of
+/// 100 ms, far beyond the gaps of a connection sharing a busy bottleneck.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often the controller hears of the bytes moving (see [`Engine::progress`]).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Target duration of one ranged GET of a download (see [`Engine::range_size`]).

@@ -304,6 +304,31 @@ async fn an_upload_whose_body_takes_longer_than_the_idle_timeout_is_not_abandone
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_connection_stalls_is_hedged_before_any_latency_is_known() {
+    // The client's first request, a PutObject of 8 MiB at 4 MB/s, stalls for 30 s part way
+    // through its body. With no latency sample yet, nothing can call it late; but its
+    // connection holds bytes the server has stopped taking, and 2 s of that is a stall.
+    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\n[faults]\nstall_first = 1\nstall_secs = 30.0";
+    let (_d, _s, emu, client) = via_emulator_with(scenario, |cfg| {
+        cfg.part_size = 16 * MIB;
+        cfg.idle_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let src = data(8 * MIB as usize, 13);
+    let started = std::time::Instant::now();
+    client.put_object(BUCKET, "stalled.bin", &src[..], PutOptions::default()).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(emu.report().totals.stalls_injected, 1);
+    let m = client.metrics();
+    assert_eq!(m.hedges, 1, "{m:?}");
+    assert_eq!(m.retries, 0, "{:?}", m.errors);
+    assert!(secs < 15.0, "{secs:.1} s: the 30 s stall was waited out");
+    let mut out = Vec::new();
+    client.get_object(BUCKET, "stalled.bin", &mut out).await.unwrap();
+    assert!(out == src, "the object differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_longer_than_a_download_range_is_split_even_when_it_fits_in_a_part() {
     // 4 MB/s per connection: a 6 MiB read as one GET takes 1.6 s, as 2 MiB ranges (the
     // first range size, before any request is measured; then about a second of one

@@ -2,9 +2,10 @@
 //! and [`Warm`](super::warm::Warm): hyper's pooled client (HTTP/1.1, TLS through rustls with
 //! the system's roots), connections dialled ahead when asked, the connect and first-byte
 //! timeouts of the client's configuration, and hyper's errors turned into the SDK's
-//! connector errors so retries classify them as before.
+//! connector errors so retries classify them as before. A request attempt run inside
+//! [`Attempt::scope`] learns which connection hyper put it on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
@@ -18,11 +19,40 @@ use aws_smithy_types::retry::ErrorKind;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
+use hyper_util::client::legacy::connect::{CaptureConnection, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::tcp::CongestionConnector;
 use super::warm::{Warm, WarmConnector};
-use super::wire::WireMeter;
+use super::wire::{SocketId, WireMeter};
+
+tokio::task_local! {
+    static ATTEMPT: Arc<Attempt>;
+}
+
+/// One attempt of a request, as the connection under it sees it: the connection hyper
+/// picks for the HTTP request the attempt sends (its last, if it sends more than one).
+#[derive(Debug, Default)]
+pub struct Attempt {
+    captured: Mutex<Option<CaptureConnection>>,
+}
+
+impl Attempt {
+    /// Runs `attempt` (a future that sends its request through a [`tuned_http_client`])
+    /// as this attempt.
+    pub fn scope<F: std::future::Future>(self: Arc<Self>, attempt: F) -> impl std::future::Future<Output = F::Output> {
+        ATTEMPT.scope(self, attempt)
+    }
+
+    /// The socket the attempt's request runs on, once hyper has picked its connection.
+    pub fn socket(&self) -> Option<SocketId> {
+        let captured = self.captured.lock().expect("attempt lock");
+        let metadata = captured.as_ref()?.connection_metadata();
+        let mut extras = http::Extensions::new();
+        metadata.as_ref()?.get_extras(&mut extras);
+        extras.get::<SocketId>().copied()
+    }
+}
 
 /// How long an idle pooled connection is kept.
 const IDLE_POOLED: Duration = Duration::from_secs(90);
@@ -87,10 +117,13 @@ impl HttpClient for Tuned {
 
 impl HttpConnector for Tuned {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let request = match request.try_into_http1x() {
+        let mut request = match request.try_into_http1x() {
             Ok(r) => r,
             Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
         };
+        let _outside_an_attempt = ATTEMPT.try_with(|a| {
+            *a.captured.lock().expect("attempt lock") = Some(capture_connection(&mut request));
+        });
         self.warm.saw(request.uri());
         // An upload's response comes only once its body has crossed the path, which on a
         // slow one takes longer than the limit (52 parts sharing 10 MB/s: 27 s each). So

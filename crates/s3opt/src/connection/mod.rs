@@ -8,6 +8,6 @@ pub mod tcp;
 mod warm;
 pub mod wire;
 
-pub use http::tuned_http_client;
+pub use http::{Attempt, tuned_http_client};
 pub use warm::Warm;
 pub use wire::WireMeter;

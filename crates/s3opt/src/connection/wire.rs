@@ -2,13 +2,15 @@
 //! socket, the bytes the far end acknowledged plus the bytes received (`TCP_INFO`), and
 //! the totals of sockets already closed. Unlike the bytes a client hands to its sockets,
 //! this is progress on the path: an upload's bodies vanish into send buffers of up to
-//! 4 MiB per connection, most of a round of parts at once.
+//! 4 MiB per connection, most of a round of parts at once. Each socket can be watched on its
+//! own too, to see a request's connection stall.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -34,7 +36,13 @@ impl WireMeter {
     pub fn total(&self) -> u64 {
         // The lock is held while reading: a socket is removed, under it, before it closes.
         let state = self.state.lock().expect("wire meter lock");
-        state.closed + state.open.values().map(|&fd| moved(fd)).sum::<u64>()
+        state.closed + state.open.values().map(|&fd| count(fd).moved).sum::<u64>()
+    }
+
+    /// Socket `id`'s count now (`None` once it has closed).
+    pub fn socket(&self, id: SocketId) -> Option<SocketCount> {
+        let state = self.state.lock().expect("wire meter lock");
+        state.open.get(&id.0).map(|&fd| count(fd))
     }
 
     /// Counts `io` from now until it is dropped.
@@ -49,30 +57,73 @@ impl WireMeter {
     fn close(&self, id: u64) {
         let mut state = self.state.lock().expect("wire meter lock");
         if let Some(fd) = state.open.remove(&id) {
-            state.closed += moved(fd);
+            state.closed += count(fd).moved;
         }
     }
 }
 
-/// Bytes the peer acknowledged plus bytes received on socket `fd` (0 if the kernel does
-/// not say).
+/// One of a meter's connections. hyper hands it to the request that runs on it, as an
+/// extra of the connection's metadata ([`Connected::extra`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketId(u64);
+
+/// One socket, as the kernel counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketCount {
+    /// Bytes the peer acknowledged plus bytes received.
+    pub moved: u64,
+    /// Whether bytes written to it wait for the peer's acknowledgement (queued or sent).
+    pub unacked: bool,
+}
+
+/// Socket `fd`'s count (nothing if the kernel does not say).
 #[cfg(target_os = "linux")]
-fn moved(fd: RawFd) -> u64 {
+fn count(fd: RawFd) -> SocketCount {
     // SAFETY: `tcp_info` is plain data, and getsockopt writes at most `len` bytes of it.
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let rc = libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
         if rc != 0 {
-            return 0;
+            return SocketCount::default();
         }
-        info.tcpi_bytes_acked + info.tcpi_bytes_received
+        SocketCount {
+            moved: info.tcpi_bytes_acked + info.tcpi_bytes_received,
+            unacked: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+        }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn moved(_: RawFd) -> u64 {
-    0
+fn count(_: RawFd) -> SocketCount {
+    SocketCount::default()
+}
+
+/// Watches the socket one request runs on for a stall: bytes of its own waiting for the
+/// peer's acknowledgement, and nothing acknowledged or received for a while. (A request
+/// waiting for its response holds no unacknowledged bytes: the server is working.)
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    /// The socket, its count when last seen to change, and when that was.
+    still: Option<(SocketId, u64, Instant)>,
+}
+
+impl StallWatch {
+    /// How long the socket, seen at `now` with `count`, has been stalled (zero while it
+    /// moves or holds nothing of the request's).
+    pub fn still_for(&mut self, now: Instant, socket: Option<(SocketId, SocketCount)>) -> Duration {
+        match (socket, self.still) {
+            (Some((id, c)), Some((seen, moved, since))) if c.unacked && seen == id && moved == c.moved => now - since,
+            (Some((id, c)), _) if c.unacked => {
+                self.still = Some((id, c.moved, now));
+                Duration::ZERO
+            }
+            _ => {
+                self.still = None;
+                Duration::ZERO
+            }
+        }
+    }
 }
 
 /// A connection counted by a [`WireMeter`] until it is dropped.
@@ -98,7 +149,7 @@ impl Drop for Metered {
 
 impl Connection for Metered {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        self.io.connected().extra(SocketId(self.id))
     }
 }
 
@@ -142,6 +193,24 @@ impl hyper::rt::Write for Metered {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_socket_is_stalled_while_it_holds_unacknowledged_bytes_and_nothing_moves() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let socket = |id, moved, unacked| Some((SocketId(id), SocketCount { moved, unacked }));
+        let mut watch = StallWatch::default();
+        assert_eq!(watch.still_for(at(0), None), Duration::ZERO, "no connection yet");
+        assert_eq!(watch.still_for(at(100), socket(1, 10, true)), Duration::ZERO);
+        assert_eq!(watch.still_for(at(1100), socket(1, 10, true)), Duration::from_secs(1));
+        assert_eq!(watch.still_for(at(1200), socket(1, 20, true)), Duration::ZERO, "it moved");
+        assert_eq!(watch.still_for(at(3200), socket(1, 20, true)), Duration::from_secs(2));
+        assert_eq!(watch.still_for(at(3300), socket(1, 20, false)), Duration::ZERO, "all acknowledged: waiting");
+        assert_eq!(watch.still_for(at(3400), socket(1, 20, true)), Duration::ZERO, "counted afresh");
+        assert_eq!(watch.still_for(at(5400), socket(2, 20, true)), Duration::ZERO, "another socket");
+        assert_eq!(watch.still_for(at(5900), socket(2, 20, true)), Duration::from_millis(500));
+        assert_eq!(watch.still_for(at(6000), None), Duration::ZERO, "closed");
+    }
 
     #[tokio::test]
     async fn counts_what_the_peer_acknowledged_and_what_arrived_including_closed_sockets() {

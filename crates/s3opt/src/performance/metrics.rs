@@ -51,6 +51,7 @@ pub struct Metrics {
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
     data_requests: AtomicU64,
+    data_started: AtomicU64,
     hedges: AtomicU64,
     splits: AtomicU64,
     concurrency: AtomicU64,
@@ -78,6 +79,7 @@ impl Metrics {
             in_flight: AtomicU64::new(0),
             peak_in_flight: AtomicU64::new(0),
             data_requests: AtomicU64::new(0),
+            data_started: AtomicU64::new(0),
             hedges: AtomicU64::new(0),
             splits: AtomicU64::new(0),
             concurrency: AtomicU64::new(0),
@@ -122,9 +124,10 @@ impl Metrics {
         self.data_requests.load(Relaxed)
     }
 
-    /// Counts one hedge if hedges stay within `budget` of data requests.
+    /// Counts one hedge if hedges stay within `budget` of the data requests started (and
+    /// at least one: a stall in a client's first request is worth one duplicate).
     pub(crate) fn try_take_hedge(&self, budget: f64) -> bool {
-        let allowed = (self.data_requests() as f64 * budget).floor() as u64;
+        let allowed = ((self.data_started.load(Relaxed) as f64 * budget).floor() as u64).max(1);
         self.hedges.fetch_update(Relaxed, Relaxed, |h| (h < allowed).then_some(h + 1)).is_ok()
     }
 
@@ -138,7 +141,10 @@ impl Metrics {
         self.bytes_received.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn request_started(&self) {
+    pub(crate) fn request_started(&self, data: bool) {
+        if data {
+            self.data_started.fetch_add(1, Relaxed);
+        }
         let now = self.in_flight.fetch_add(1, Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Relaxed);
     }
