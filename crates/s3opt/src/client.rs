@@ -846,7 +846,7 @@ impl Engine {
                     if watch.as_mut().is_some_and(|w| self.stalled(&attempt, w)) {
                         if self.take_hedge() {
                             tracing::debug!(op = op.name(), "hedging a request whose connection stalled");
-                            break race(first, attempt_fn()).await;
+                            break self.reporting(op, Box::pin(race(first, attempt_fn()))).await;
                         }
                         watch = None;
                     }
@@ -864,9 +864,9 @@ impl Engine {
                         Some(after) => {
                             if self.take_hedge() {
                                 tracing::debug!(op = op.name(), ?after, "hedging a straggler");
-                                break race(first, attempt_fn()).await;
+                                break self.reporting(op, Box::pin(race(first, attempt_fn()))).await;
                             }
-                            break first.await;
+                            break self.reporting(op, first).await;
                         }
                     };
                     tokio::select! {
@@ -964,6 +964,20 @@ impl Engine {
     fn is_straggler(&self, started: Instant) -> bool {
         let newest_done = self.newest_done.load(Relaxed);
         newest_done > started.duration_since(self.epoch).as_nanos() as u64 || self.window.in_use() <= 1
+    }
+
+    /// Awaits `request` (one past its hedging decision), reporting progress meanwhile as
+    /// the hedge checks do: the tail of an upload may be two such requests for seconds.
+    /// (A race of two SDK calls is boxed by the callers: held inline here, the debug
+    /// build's futures overflowed a test's stack.)
+    async fn reporting<F: std::future::Future>(&self, op: Op, request: F) -> F::Output {
+        tokio::pin!(request);
+        loop {
+            tokio::select! {
+                r = &mut request => return r,
+                () = tokio::time::sleep(HEDGE_RECHECK) => self.progress(op),
+            }
+        }
     }
 
     /// Whether the connection under `attempt` has stalled for [`STALLED`] (never for a

@@ -323,6 +323,10 @@ async fn an_upload_whose_connection_stalls_is_hedged_before_any_latency_is_known
     assert_eq!(m.hedges, 1, "{m:?}");
     assert_eq!(m.retries, 0, "{:?}", m.errors);
     assert!(secs < 15.0, "{secs:.1} s: the 30 s stall was waited out");
+    // Progress was reported all along, the hedge's race too (a point every 250 ms at most).
+    let t: Vec<f64> = client.timeline().iter().map(|p| p.t).collect();
+    let gap = t.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    assert!(gap < 1.0, "{gap:.1} s without a timeline point: {t:?}");
     let mut out = Vec::new();
     client.get_object(BUCKET, "stalled.bin", &mut out).await.unwrap();
     assert!(out == src, "the object differs");

@@ -279,4 +279,19 @@ mod tests {
         assert!(s.latency_ms.p50 >= 20.0 && s.latency_ms.p50 < 20.0 * 1.19 + 0.01, "{}", s.latency_ms.p50);
         assert!(s.latency_ms.max >= 30.0 && s.latency_ms.max < 30.0 * 1.19 + 0.01);
     }
+
+    #[test]
+    fn hedges_stay_within_their_share_of_data_requests_started_and_one_is_always_allowed() {
+        let m = Metrics::new();
+        assert!(m.try_take_hedge(0.05), "a client's first request may be hedged");
+        assert!(!m.try_take_hedge(0.05), "but only once");
+        for _ in 0..52 {
+            m.request_started(true);
+        }
+        m.request_started(false);
+        // 52 parts in flight, none finished: 5% of them is 2 hedges.
+        assert!(m.try_take_hedge(0.05));
+        assert!(!m.try_take_hedge(0.05));
+        assert_eq!(m.snapshot().hedges, 2);
+    }
 }
