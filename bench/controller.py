@@ -129,7 +129,16 @@ def fmt(v, spec):
 
 
 def main():
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__.strip())
+        print("\nScenarios:", ", ".join(sorted(p.stem for p in (ROOT / "bench/scenarios").glob("*.toml"))))
+        return
     names = sys.argv[1:] or ["wan", "lossy", "shifting"]
+    unknown = [n for n in names if not (ROOT / f"bench/scenarios/{n.partition(':')[0]}.toml").exists()]
+    bad_size = [n for n in names if n.partition(":")[2] and not n.partition(":")[2].isdigit()]
+    if unknown or bad_size:
+        sys.exit(f"controller.py: unknown scenario {', '.join(unknown)}" if unknown else
+                 f"controller.py: the size after ':' must be a whole number of MiB: {', '.join(bad_size)}")
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "cargoship"], cwd=ROOT, check=True)
     WORK.mkdir(parents=True, exist_ok=True)
     rows = [r for n in names for r in run_scenario(n)]
