@@ -213,6 +213,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_socket_whose_peer_stops_reading_holds_unacknowledged_bytes_until_it_reads() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (read_now, told) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            told.await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got.len()
+        });
+        let meter = Arc::new(WireMeter::default());
+        let io = meter.track(TokioIo::new(TcpStream::connect(addr).await.unwrap()));
+        let id = SocketId(io.id);
+        let writer = tokio::spawn(async move {
+            let mut io = TokioIo::new(io);
+            io.write_all(&vec![3u8; 16 << 20]).await.unwrap();
+            io.shutdown().await.unwrap();
+            io
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stuck = meter.socket(id).unwrap();
+        assert!(stuck.unacked, "16 MiB cannot all be in the peer's buffers: {stuck:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(meter.socket(id).unwrap().moved, stuck.moved, "nothing moves while the peer does not read");
+        read_now.send(()).unwrap();
+        assert_eq!(server.await.unwrap(), 16 << 20);
+        let io = writer.await.unwrap();
+        // (The peer's last acknowledgement may still be on its way.)
+        let mut done = meter.socket(id).unwrap();
+        for _ in 0..100 {
+            if !done.unacked {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            done = meter.socket(id).unwrap();
+        }
+        assert!(!done.unacked, "all acknowledged once the peer read it: {done:?}");
+        assert!(done.moved >= 16 << 20, "{done:?}");
+        drop(io);
+        assert_eq!(meter.socket(id), None, "a closed socket is gone");
+    }
+
+    #[tokio::test]
     async fn counts_what_the_peer_acknowledged_and_what_arrived_including_closed_sockets() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
