@@ -836,38 +836,40 @@ impl Engine {
                 let attempt = Arc::new(Attempt::default());
                 let first = attempt.clone().scope(attempt_fn());
                 tokio::pin!(first);
-                let mut watch = Some(StallWatch::default());
+                let mut watch = StallWatch::default();
                 loop {
-                    // Its connection stalled: it holds bytes the server has not taken
-                    // for a while. Nothing else tells a stall in the first round of a
-                    // lossy upload (52 parts of 5 MiB in flight, 6.8 s each) from the
-                    // others until they end; then the stalled part starts again alone,
-                    // 5 s behind.
-                    if watch.as_mut().is_some_and(|w| self.stalled(&attempt, w)) {
-                        if self.take_hedge() {
-                            tracing::debug!(op = op.name(), "hedging a request whose connection stalled");
+                    // `Ok`: hedge now, for this reason. `Err`: look again after this long.
+                    let hedge = if self.stalled(&attempt, &mut watch) {
+                        // Its connection holds bytes the server has not taken for a while.
+                        // Nothing else tells a stall in the first round of a lossy upload
+                        // (52 parts of 5 MiB in flight, 6.8 s each) from the others until
+                        // they end; then the stalled part starts again alone, 5 s behind.
+                        Ok("its connection stalled")
+                    } else {
+                        // The request is late past the hedge threshold. Until the client
+                        // has latency samples there is none: the first round of a run (60
+                        // pieces of a small tree all start at once) is checked again as
+                        // they arrive, so a stalled first-round request is hedged too.
+                        match self.hedge_after() {
+                            None => Err(HEDGE_RECHECK),
+                            // Checked again at least every recheck: the window may empty
+                            // meanwhile, and then the threshold drops.
+                            Some(after) if started.elapsed() < after => {
+                                Err((after - started.elapsed()).min(HEDGE_RECHECK))
+                            }
+                            // Late, but so is everyone: the path is slower, not this request.
+                            Some(after) if !self.is_straggler(started) => Err((after / 4).min(HEDGE_RECHECK)),
+                            Some(_) => Ok("a straggler"),
+                        }
+                    };
+                    let wait = match hedge {
+                        Ok(why) if self.take_hedge() => {
+                            tracing::debug!(op = op.name(), why, "hedging");
                             break self.reporting(op, Box::pin(race(first, attempt_fn()))).await;
                         }
-                        watch = None;
-                    }
-                    // The request is late past the hedge threshold. Until the client has
-                    // latency samples there is none: the first round of a run (60 pieces
-                    // of a small tree all start at once) is checked again as they arrive,
-                    // so a stalled first-round request is hedged too.
-                    let wait = match self.hedge_after() {
-                        None => HEDGE_RECHECK,
-                        // Checked again at least every recheck: the window may empty
-                        // meanwhile, and then the threshold drops.
-                        Some(after) if started.elapsed() < after => (after - started.elapsed()).min(HEDGE_RECHECK),
-                        // Late, but so is everyone: the path is slower, not this request.
-                        Some(after) if !self.is_straggler(started) => (after / 4).min(HEDGE_RECHECK),
-                        Some(after) => {
-                            if self.take_hedge() {
-                                tracing::debug!(op = op.name(), ?after, "hedging a straggler");
-                                break self.reporting(op, Box::pin(race(first, attempt_fn()))).await;
-                            }
-                            break self.reporting(op, first).await;
-                        }
+                        // No hedge left in the budget now; more requests starting add some.
+                        Ok(_) => HEDGE_RECHECK,
+                        Err(wait) => wait,
                     };
                     tokio::select! {
                         r = &mut first => break r,
@@ -966,10 +968,10 @@ impl Engine {
         newest_done > started.duration_since(self.epoch).as_nanos() as u64 || self.window.in_use() <= 1
     }
 
-    /// Awaits `request` (one past its hedging decision), reporting progress meanwhile as
-    /// the hedge checks do: the tail of an upload may be two such requests for seconds.
-    /// (A race of two SDK calls is boxed by the callers: held inline here, the debug
-    /// build's futures overflowed a test's stack.)
+    /// Awaits `request` (a hedged request's race), reporting progress meanwhile as the
+    /// hedge checks do: the tail of an upload may be two such races for seconds. (The
+    /// race of two SDK calls is boxed by the caller: held inline here, the debug build's
+    /// futures overflowed a test's stack.)
     async fn reporting<F: std::future::Future>(&self, op: Op, request: F) -> F::Output {
         tokio::pin!(request);
         loop {
