@@ -7,8 +7,11 @@ Reports throughput over the whole transfer and over its first 10 s (from the emu
 per-second byte counts) as a fraction of the bottleneck, peak RSS, retries, hedges, 503s,
 and the controller's window range, and verifies the download byte for byte.
 
-Usage: bench/controller.py [SCENARIO[:MiB] ...]   (default: wan lossy shifting)
+Usage: bench/controller.py [--tries N] [SCENARIO[:MiB] ...]   (default: wan lossy shifting)
 `lossy:1024` runs lossy with a 1024 MiB object instead of its large_object_mib.
+`--tries N` runs every transfer N times and reports the run of median time with all N
+beside it (for scenarios with random faults, whose single runs differ by seconds); without
+it, a scenario with random stalls has its upload run up to 5 times until one meets a stall.
 Writes bench/results/controller.md (default scenarios) or controller-NAME-....md, and per row
 controller-NAME-DIR.json (timeline, per-second counts, bottleneck) and .svg (its chart).
 """
@@ -57,29 +60,47 @@ def run_scenario(arg):
             # A scenario with random stalls stalls 0.1% of requests: a 1 GiB upload makes ~190,
             # so most runs see none. The upload is run again (up to STALL_TRIES times) until
             # one was stalled; the runs without a stall are listed in the row.
-            wants_stall = direction == "up" and scen["faults"].get("stall_rate", 0) > 0
-            unstalled = []
+            # With --tries N every direction runs N times instead, and the row is the run of
+            # median time, with every run's seconds and faults beside it.
+            wants_stall = not TRIES and direction == "up" and scen["faults"].get("stall_rate", 0) > 0
+            unstalled, runs, unverified = [], [], []
             while True:
                 emu(url, "/__emulator/reset", post=True)
                 summary, rss = timed([str(c) for c in cmd])
                 stats = emu(url, "/__emulator/stats")
+                runs.append((summary, rss, stats))
+                if direction == "down" and file_hash(WORK / "out.bin") != src_hash:
+                    unverified.append(len(runs))
+                if TRIES:
+                    if len(runs) >= TRIES:
+                        break
+                    continue
                 if not wants_stall or stalls_of(stats) > 0 or len(unstalled) + 1 >= STALL_TRIES:
                     break
                 unstalled.append(summary["seconds"])
+            tries = None
+            if TRIES:
+                tries = ", ".join(f"{r[0]['seconds']:.1f} s ({r[0]['mb_per_s'] / bottleneck * 100:.0f}%"
+                                  f"{faults_of(r[2])})" if bottleneck else f"{r[0]['seconds']:.1f} s" for r in runs)
+                summary, rss, stats = sorted(runs, key=lambda r: r[0]["seconds"])[len(runs) // 2]
             # A transfer shorter than 10 s is measured over its own length, not padded with idle.
             first10 = sum(s[key] for s in stats["per_second"][:10]) / min(10, summary["seconds"]) / 1e6
-            # Seconds until the emulator carried the last payload byte (whole seconds, rounded
-            # up): the rest of the wall time is the server assembling the object.
-            moved = [i for i, s in enumerate(stats["per_second"]) if s[key] > 0]
-            last_byte_s = moved[-1] + 1 if moved else None
+            # The data phase, from the first request to the last payload byte the emulator
+            # carried (to the millisecond): the rest of the wall time is the client starting
+            # before it and, for an upload, the server assembling the object after it.
+            last_byte_s = stats.get(f"last_byte_{direction}_s")
+            first_request_s = stats.get("first_request_s")
+            data_s = last_byte_s - first_request_s if last_byte_s and first_request_s is not None else None
             windows = [p["window"] for p in summary["timeline"]] or [0]
-            verified = "yes" if direction == "up" or file_hash(WORK / "out.bin") == src_hash else "NO"
+            verified = "NO (run " + ", ".join(map(str, unverified)) + ")" if unverified else "yes"
             rows.append(dict(
                 scenario=name, direction=direction, mib=size >> 20, seconds=summary["seconds"], mbps=summary["mb_per_s"],
                 pct=(summary["mb_per_s"] / bottleneck * 100) if bottleneck else None,
                 first10_pct=(first10 / bottleneck * 100) if bottleneck else None,
                 last_byte_s=last_byte_s,
-                last_byte_pct=(size / 1e6 / last_byte_s / bottleneck * 100) if bottleneck and last_byte_s else None,
+                data_s=data_s,
+                last_byte_pct=(size / 1e6 / data_s / bottleneck * 100) if bottleneck and data_s else None,
+                tries=tries,
                 rss=rss, retries=summary["retries"], hedges=summary["metrics"]["hedges"],
                 requests=summary["metrics"]["requests"],
                 s503=stats["status_503"], resets=stats["resets_injected"],
@@ -102,6 +123,12 @@ def run_scenario(arg):
 
 
 STALL_TRIES = 5
+TRIES = 0
+
+
+def faults_of(stats):
+    found = [f"{stats[k]} {name}" for k, name in (("resets_injected", "resets"), ("stalls_injected", "stalls")) if stats.get(k)]
+    return "; " + ", ".join(found) if found else ""
 
 
 def bottleneck_steps(scen, direction):
@@ -133,7 +160,16 @@ def main():
         print(__doc__.strip())
         print("\nScenarios:", ", ".join(sorted(p.stem for p in (ROOT / "bench/scenarios").glob("*.toml"))))
         return
-    names = sys.argv[1:] or ["wan", "lossy", "shifting"]
+    global TRIES
+    args = sys.argv[1:]
+    if "--tries" in args:
+        i = args.index("--tries")
+        value = args[i + 1] if i + 1 < len(args) else ""
+        if not value.isdigit() or int(value) < 1:
+            sys.exit(f"controller.py: --tries takes a whole number of runs, at least 1 (got {value or 'nothing'})")
+        TRIES = int(value)
+        del args[i:i + 2]
+    names = args or ["wan", "lossy", "shifting"]
     unknown = [n for n in names if not (ROOT / f"bench/scenarios/{n.partition(':')[0]}.toml").exists()]
     bad_size = [n for n in names if n.partition(":")[2] and not n.partition(":")[2].isdigit()]
     if unknown or bad_size:
@@ -147,19 +183,23 @@ def main():
         "# cargoship's auto controller, full-size objects", "",
         f"`bench/controller.py {' '.join(names)}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git {rev}, "
         f"{os.cpu_count()} cores. Default settings (auto controller, 256 MiB budget). % is of the scenario's bottleneck; "
-        "first 10 s (or the whole transfer if shorter) and the last byte are from the emulator's per-second byte counts (whole seconds; an upload's "
-        "remaining time is the server assembling the object at CompleteMultipartUpload). A scenario with random "
-        "stalls has its upload run up to 5 times until one is stalled; the stalls column lists the runs without one.", "",
-        "| scenario | dir | MiB | s | MB/s | % bottleneck | s to last byte | % to last byte | % in first 10 s | peak RSS MiB | requests | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "first 10 s (or the whole transfer if shorter) is from the emulator's per-second byte counts; \"data phase\" is from the "
+        "first request to the last payload byte the emulator carried, to the millisecond (after it, an upload's "
+        "remaining time is the server assembling the object at CompleteMultipartUpload). "
+        + (f"Every direction ran {TRIES} times; a row is the run of median time, \"tries\" lists them all."
+           if TRIES else "A scenario with random stalls has its upload run up to 5 times until one is stalled; "
+           "the stalls column lists the runs without one."), "",
+        "| scenario | dir | MiB | s | MB/s | % bottleneck | data phase s | % over data phase | % in first 10 s | peak RSS MiB | requests | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |" + (" tries |" if TRIES else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|" + ("---|" if TRIES else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['direction']} | {r['mib']} | {r['seconds']:.1f} | {r['mbps']:.1f} | {fmt(r['pct'], '.0f')} | "
-            f"{fmt(r['last_byte_s'], 'd')} | {fmt(r['last_byte_pct'], '.0f')} | {fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['requests']} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
-            f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |")
-    default = names == ["wan", "lossy", "shifting"]
-    out = ROOT / ("bench/results/controller.md" if default else f"bench/results/controller-{'-'.join(names).replace(':', '-')}.md")
+            f"{fmt(r['data_s'], '.2f')} | {fmt(r['last_byte_pct'], '.0f')} | {fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['requests']} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
+            f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |" + (f" {r['tries']} |" if TRIES else ""))
+    default = names == ["wan", "lossy", "shifting"] and not TRIES
+    suffix = f"-tries-{TRIES}" if TRIES else ""
+    out = ROOT / ("bench/results/controller.md" if default else f"bench/results/controller-{'-'.join(names).replace(':', '-')}{suffix}.md")
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     if any(r["verified"] != "yes" for r in rows):

@@ -32,6 +32,12 @@ pub struct Totals {
     pub stalls_injected: u64,
     pub errors_injected: u64,
     pub corruptions_injected: u64,
+    /// Seconds from the start (or the last reset) to the first request, and to the last
+    /// payload byte carried each way: a transfer's data phase, to the millisecond, without
+    /// the client's start-up before it or an upload's assembly at the server after it.
+    pub first_request_s: Option<f64>,
+    pub last_byte_up_s: Option<f64>,
+    pub last_byte_down_s: Option<f64>,
 }
 
 /// One second of traffic.
@@ -117,7 +123,8 @@ impl Stats {
     }
 
     fn count(g: &mut Inner, e: Event) {
-        let t = g.started.elapsed().as_secs();
+        let elapsed = g.started.elapsed().as_secs_f64();
+        let t = elapsed as u64;
         while g.per_second.len() as u64 <= t {
             let next = g.per_second.len() as u64;
             g.per_second.push(Second { t: next, ..Second::default() });
@@ -126,15 +133,22 @@ impl Stats {
         let sec = &mut per_second[t as usize];
         match e {
             Event::Request => {
+                totals.first_request_s.get_or_insert(elapsed);
                 totals.requests += 1;
                 sec.requests += 1;
             }
             Event::Connection => totals.connections += 1,
             Event::BytesUp(n) => {
+                if n > 0 {
+                    totals.last_byte_up_s = Some(elapsed);
+                }
                 totals.bytes_up += n;
                 sec.bytes_up += n;
             }
             Event::BytesDown(n) => {
+                if n > 0 {
+                    totals.last_byte_down_s = Some(elapsed);
+                }
                 totals.bytes_down += n;
                 sec.bytes_down += n;
             }
@@ -159,5 +173,33 @@ impl Stats {
             totals: g.totals.clone(),
             per_second: g.per_second.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_phase_runs_from_the_first_request_to_the_last_payload_byte_and_a_reset_clears_it() {
+        let stats = Stats::new();
+        assert!(stats.report("t").totals.first_request_s.is_none());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stats.next_request();
+        stats.record(Event::BytesUp(10));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        stats.record(Event::BytesUp(10));
+        stats.record(Event::BytesUp(0));
+        stats.record(Event::BytesDown(5));
+        let t = stats.report("t").totals;
+        let (first, up, down) = (t.first_request_s.unwrap(), t.last_byte_up_s.unwrap(), t.last_byte_down_s.unwrap());
+        assert!(first >= 0.02, "first request at {first}");
+        assert!(up - first >= 0.03, "data phase {first}..{up}");
+        assert!(down >= up);
+        stats.next_request();
+        assert_eq!(stats.report("t").totals.first_request_s, Some(first), "the first request stays the first");
+        stats.reset();
+        let t = stats.report("t").totals;
+        assert!(t.first_request_s.is_none() && t.last_byte_up_s.is_none() && t.last_byte_down_s.is_none());
     }
 }
