@@ -333,6 +333,31 @@ async fn an_upload_whose_connection_stalls_is_hedged_before_any_latency_is_known
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_stalled_past_the_sdks_grace_period_is_waited_for_not_failed() {
+    // The first two requests stall 21 s mid-body: the PUT and the hedge its stalled
+    // connection earns (the one hedge the budget allows), so nothing rescues it and it must
+    // wait, past the SDK's stalled-stream grace period (20 s). Nothing may call that a
+    // failure and send the body again: the SDK's upload check is off, and the idle timeout
+    // (60 s here) is what bounds a stall. (With this SDK the check on does not fail it
+    // either: tried by hand. It did fail slow parts in an earlier version, with 5 s.)
+    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\n[faults]\nstall_first = 2\nstall_secs = 21.0";
+    let (_d, _s, emu, client) = via_emulator_with(scenario, |cfg| {
+        cfg.part_size = 16 * MIB;
+        cfg.idle_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let src = data(12 * MIB as usize, 17);
+    client.put_object(BUCKET, "waited.bin", &src[..], PutOptions::default()).await.unwrap();
+    assert_eq!(emu.report().totals.stalls_injected, 2, "the PUT and its hedge both stalled");
+    let m = client.metrics();
+    assert_eq!(m.hedges, 1, "{m:?}");
+    assert_eq!(m.retries, 0, "a stalled upload was failed and sent again: {:?}", m.errors);
+    let mut out = Vec::new();
+    client.get_object(BUCKET, "waited.bin", &mut out).await.unwrap();
+    assert!(out == src, "the object differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_longer_than_a_download_range_is_split_even_when_it_fits_in_a_part() {
     // 4 MB/s per connection: a 6 MiB read as one GET takes 1.6 s, as 2 MiB ranges (the
     // first range size, before any request is measured; then about a second of one
