@@ -245,13 +245,12 @@ impl OptimizedS3Client {
             .http_client(http)
             .region(region.clone())
             .force_path_style(path_style)
-            // The SDK's stalled-upload check failed bodies the connection had not taken from
-            // for its grace period (then 5 s; 20 s in aws-smithy-runtime-api 1.20), which is
-            // what a full socket send buffer does on a slow path (52 parts sharing 10 MB/s:
-            // 5 retries in a shifting upload). The client's own checks cover uploads: the
-            // connector's limit (while nothing moves on any connection) and hedging of
-            // stalled connections and stragglers (test: `an_upload_stalled_past_the_sdks_
-            // grace_period_is_waited_for_not_failed`).
+            // The SDK's stalled-upload check fails a part's body that the connection has not
+            // taken from for its grace period (20 s in aws-smithy-runtime-api 1.20), which is
+            // what a full socket send buffer does on a slow path (52 parts sharing 10 MB/s
+            // take 27 s each: 5 retries in a shifting upload). The client's own checks cover
+            // uploads: the connector's limit (while nothing moves on any connection) and
+            // hedging of stalled connections and stragglers.
             .stalled_stream_protection(
                 aws_sdk_s3::config::StalledStreamProtectionConfig::enabled().upload_enabled(false).build(),
             )

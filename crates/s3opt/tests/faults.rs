@@ -305,16 +305,18 @@ async fn an_upload_whose_body_takes_longer_than_the_idle_timeout_is_not_abandone
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_connection_stalls_is_hedged_before_any_latency_is_known() {
-    // The client's first request, a PutObject of 8 MiB at 4 MB/s, stalls for 30 s part way
+    // The client's first request, a PutObject of 12 MiB at 4 MB/s, stalls for 30 s part way
     // through its body. With no latency sample yet, nothing can call it late; but its
     // connection holds bytes the server has stopped taking, and 2 s of that is a stall.
+    // (Stalled past its first 10%, more is left of it than the emulator's socket and buffers
+    // take in, about 0.7 MiB: what they swallow is acknowledged.)
     let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\n[faults]\nstall_first = 1\nstall_secs = 30.0";
     let (_d, _s, emu, client) = via_emulator_with(scenario, |cfg| {
         cfg.part_size = 16 * MIB;
         cfg.idle_timeout = std::time::Duration::from_secs(60);
     })
     .await;
-    let src = data(8 * MIB as usize, 13);
+    let src = data(12 * MIB as usize, 13);
     let started = std::time::Instant::now();
     client.put_object(BUCKET, "stalled.bin", &src[..], PutOptions::default()).await.unwrap();
     let secs = started.elapsed().as_secs_f64();
@@ -333,25 +335,30 @@ async fn an_upload_whose_connection_stalls_is_hedged_before_any_latency_is_known
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_stalled_past_the_sdks_grace_period_is_waited_for_not_failed() {
-    // The first two requests stall 21 s mid-body: the PUT and the hedge its stalled
-    // connection earns (the one hedge the budget allows), so nothing rescues it and it must
-    // wait, past the SDK's stalled-stream grace period (20 s). Nothing may call that a
-    // failure and send the body again: the SDK's upload check is off, and the idle timeout
-    // (60 s here) is what bounds a stall. (With this SDK the check on does not fail it
-    // either: tried by hand. It did fail slow parts in an earlier version, with 5 s.)
-    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\n[faults]\nstall_first = 2\nstall_secs = 21.0";
+async fn an_upload_whose_hedge_stalls_too_is_waited_for_not_sent_again() {
+    // The first two requests stall 8 s mid-body: the PUT and the hedge its stalled
+    // connection earns (the one hedge the budget allows), so nothing rescues it. Nothing
+    // may call that a failure and send the body a third time: the idle timeout (60 s here)
+    // is what bounds a stall, and with no budget left the request is only watched.
+    let scenario = "[link]\nrtt_ms = 20.0\nper_connection_mbps = 4.0\n[faults]\nstall_first = 2\nstall_secs = 8.0";
     let (_d, _s, emu, client) = via_emulator_with(scenario, |cfg| {
-        cfg.part_size = 16 * MIB;
+        cfg.part_size = 32 * MIB;
+        cfg.memory_budget = 128 * MIB;
         cfg.idle_timeout = std::time::Duration::from_secs(60);
     })
     .await;
-    let src = data(12 * MIB as usize, 17);
+    // 16 MiB: stalled anywhere past its first 10%, more is left than the emulator's socket
+    // and buffers take in, so the client's socket holds unacknowledged bytes (4 MiB could
+    // be swallowed whole, and a connection that holds none is not stalled).
+    let src = data(16 * MIB as usize, 17);
+    let started = std::time::Instant::now();
     client.put_object(BUCKET, "waited.bin", &src[..], PutOptions::default()).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
     assert_eq!(emu.report().totals.stalls_injected, 2, "the PUT and its hedge both stalled");
     let m = client.metrics();
     assert_eq!(m.hedges, 1, "{m:?}");
     assert_eq!(m.retries, 0, "a stalled upload was failed and sent again: {:?}", m.errors);
+    assert!(secs >= 8.0, "{secs:.1} s: the PUT ended before either stall did");
     let mut out = Vec::new();
     client.get_object(BUCKET, "waited.bin", &mut out).await.unwrap();
     assert!(out == src, "the object differs");
