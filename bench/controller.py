@@ -69,6 +69,13 @@ def run_scenario(arg):
                 summary, rss = timed([str(c) for c in cmd])
                 stats = emu(url, "/__emulator/stats")
                 runs.append((summary, rss, stats))
+                if TRIES:
+                    # Every try's timeline and counts, for a look at the outliers (not kept in
+                    # bench/results: only the median try's chart is).
+                    tries_dir = WORK / "tries"
+                    tries_dir.mkdir(exist_ok=True)
+                    (tries_dir / f"{name}{'-' + mib if mib else ''}-{direction}-{len(runs)}.json").write_text(
+                        json.dumps(dict(summary=summary, rss=rss, stats=stats)))
                 if direction == "down" and file_hash(WORK / "out.bin") != src_hash:
                     unverified.append(len(runs))
                 if TRIES:
@@ -189,7 +196,7 @@ def main():
         "first request to the last payload byte the emulator carried, to the millisecond (after it, an upload's "
         "remaining time is the server assembling the object at CompleteMultipartUpload). "
         + (f"Every direction ran {TRIES} times; a row is the run of median time (peak RSS: the highest of all "
-            f"{TRIES}), \"tries\" lists them all."
+            f"{TRIES}), \"tries\" lists them all; every try's timeline is in {WORK}/tries."
            if TRIES else "A scenario with random stalls has its upload run up to 5 times until one is stalled; "
            "the stalls column lists the runs without one."), "",
         "| scenario | dir | MiB | s | MB/s | % bottleneck | data phase s | % over data phase | % in first 10 s | peak RSS MiB | requests | retries | hedges | 503s | resets | stalls | window min/max/last | part MiB | verified |" + (" tries |" if TRIES else ""),
