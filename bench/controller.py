@@ -69,6 +69,8 @@ def run_scenario(arg):
                 summary, rss = timed([str(c) for c in cmd])
                 stats = emu(url, "/__emulator/stats")
                 runs.append((summary, rss, stats))
+                if direction == "down" and file_hash(WORK / "out.bin") != src_hash:
+                    unverified.append(len(runs))
                 if TRIES:
                     # Every try's timeline and counts, for a look at the outliers (not kept in
                     # bench/results: only the median try's chart is).
@@ -76,15 +78,12 @@ def run_scenario(arg):
                     tries_dir.mkdir(exist_ok=True)
                     (tries_dir / f"{name}{'-' + mib if mib else ''}-{direction}-{len(runs)}.json").write_text(
                         json.dumps(dict(summary=summary, rss=rss, stats=stats)))
-                if direction == "down" and file_hash(WORK / "out.bin") != src_hash:
-                    unverified.append(len(runs))
-                if TRIES:
                     if len(runs) >= TRIES:
                         break
-                    continue
-                if not wants_stall or stalls_of(stats) > 0 or len(unstalled) + 1 >= STALL_TRIES:
+                elif not wants_stall or stalls_of(stats) > 0 or len(unstalled) + 1 >= STALL_TRIES:
                     break
-                unstalled.append(summary["seconds"])
+                else:
+                    unstalled.append(summary["seconds"])
             tries = None
             if TRIES:
                 tries = ", ".join(f"{r[0]['seconds']:.1f} s ({r[0]['mb_per_s'] / bottleneck * 100:.0f}%"
@@ -106,9 +105,8 @@ def run_scenario(arg):
                 scenario=name, direction=direction, mib=size >> 20, seconds=summary["seconds"], mbps=summary["mb_per_s"],
                 pct=(summary["mb_per_s"] / bottleneck * 100) if bottleneck else None,
                 first10_pct=(first10 / bottleneck * 100) if bottleneck else None,
-                last_byte_s=last_byte_s,
                 data_s=data_s,
-                last_byte_pct=(size / 1e6 / data_s / bottleneck * 100) if bottleneck and data_s else None,
+                data_pct=(size / 1e6 / data_s / bottleneck * 100) if bottleneck and data_s else None,
                 tries=tries,
                 rss=rss, retries=summary["retries"], hedges=summary["metrics"]["hedges"],
                 requests=summary["metrics"]["requests"],
@@ -205,7 +203,7 @@ def main():
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['direction']} | {r['mib']} | {r['seconds']:.1f} | {r['mbps']:.1f} | {fmt(r['pct'], '.0f')} | "
-            f"{fmt(r['data_s'], '.2f')} | {fmt(r['last_byte_pct'], '.0f')} | {fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['requests']} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
+            f"{fmt(r['data_s'], '.2f')} | {fmt(r['data_pct'], '.0f')} | {fmt(r['first10_pct'], '.0f')} | {r['rss']:.0f} | {r['requests']} | {r['retries']} | {r['hedges']} | {r['s503']} | {r['resets']} | {r['stalls']} | "
             f"{r['wmin']}/{r['wmax']}/{r['wlast']} | {r['part']} | {r['verified']} |" + (f" {r['tries']} |" if TRIES else ""))
     default = names == ["wan", "lossy", "shifting"] and not TRIES
     suffix = f"-tries-{TRIES}" if TRIES else ""
